@@ -1,0 +1,1 @@
+"""Datasets: the LeRobotDataset v3 layout, training windows, demonstration collection."""

@@ -1,0 +1,1 @@
+"""Simulation environments (Meta-World v3) and their scripted experts."""

@@ -1,0 +1,1 @@
+"""Evaluation: seeded rollouts, success rates with intervals, inference timing."""

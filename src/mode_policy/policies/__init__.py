@@ -1,0 +1,1 @@
+"""Policies: config + normalizer + encoders + denoiser + sampler."""
