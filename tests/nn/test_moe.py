@@ -89,7 +89,7 @@ def test_layer_stats_report_uniform_routing_as_one():
 def test_eval_routing_depends_on_sigma_only():
     layer = MoELayer(tiny_config(num_experts=4, top_k=2)).eval()
     sigma_embedding = torch.randn(1, 32)
-    routing = layer.route_sigma(sigma_embedding)
+    routing = layer.route_rows(sigma_embedding)
     # Different token contents, same sigma: the same experts and weights for every token.
     for _ in range(3):
         tokens = torch.randn(3, 9, 32) * 10
@@ -116,7 +116,7 @@ def test_shared_expert_works_for_any_expert_count(num_experts, top_k):
     tokens = torch.randn(2, 5, 32, dtype=torch.float64)
     sigma_embedding = torch.randn(1, 32, dtype=torch.float64)
     out, _ = layer(tokens, sigma_embedding)
-    routing = layer.route_sigma(sigma_embedding)
+    routing = layer.route_rows(sigma_embedding)
     assert routing.expert_ids.shape == (1, top_k - 1)
     flat = tokens.reshape(-1, 32)
     expected = layer.shared_expert(flat) + sum(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass, fields
@@ -10,7 +11,11 @@ from typing import Any
 
 from mode_policy.io import atomic_write_text
 
-ROUTER_INPUTS = ("sigma", "token")
+# What each layer's router looks at (README "Routing variants"):
+# sigma (MoDE), token (DiT-MoE), task (M3ViT / Edge-MoE: the goal embedding), sigma_goal (the MoDE reference
+# code's use_goal_in_routing: phi(sigma) + goal), stage (eDiff-I: hard by sigma range), fixed (a task model
+# extracted from a task-routed one: every layer runs its k experts with constant weights).
+ROUTER_INPUTS = ("sigma", "token", "task", "sigma_goal", "stage", "fixed")
 ATTENTION_MASKS = ("causal", "bidirectional")
 RESIDUAL_VARIANTS = ("prenorm", "reference")
 
@@ -51,6 +56,8 @@ class MoDEConfig:
     expert_hidden_mult: int = 4
     shared_expert: bool = False
     router_input: str = "sigma"
+    # Stage routing only: sigma values splitting the noise range, decreasing; stage 0 owns sigma >= first.
+    stage_boundaries: list[float] | None = None
     router_hidden_mult: int = 2
     stochastic_routing: bool = True
     load_balance_weight: float = 0.01
@@ -86,6 +93,7 @@ class MoDEConfig:
         _check_choice("attention", self.attention, ATTENTION_MASKS)
         _check_choice("residual", self.residual, RESIDUAL_VARIANTS)
         _check_choice("router_input", self.router_input, ROUTER_INPUTS)
+        self._check_routing_variant()
         if self.top_k > self.num_experts:
             raise ValueError(
                 f"MoDEConfig.top_k ({self.top_k}) cannot exceed num_experts ({self.num_experts})"
@@ -111,10 +119,37 @@ class MoDEConfig:
         if not (math.isfinite(self.sigma_data) and self.sigma_data > 0):
             raise ValueError(f"MoDEConfig.sigma_data must be > 0, got {self.sigma_data}")
 
+    def _check_routing_variant(self) -> None:
+        if self.router_input == "stage":
+            boundaries = self.stage_boundaries
+            if not boundaries or any(not (math.isfinite(b) and b > 0) for b in boundaries):
+                raise ValueError(
+                    "MoDEConfig.router_input='stage' needs stage_boundaries: positive sigma values that "
+                    "split the noise range, e.g. [1.0] for two stages"
+                )
+            if any(a <= b for a, b in itertools.pairwise(boundaries)):
+                raise ValueError(f"MoDEConfig.stage_boundaries must be strictly decreasing, got {boundaries}")
+            stages = len(boundaries) + 1
+            if self.num_experts != stages or self.top_k != 1 or self.shared_expert:
+                raise ValueError(
+                    f"stage routing with {len(boundaries)} boundaries has {stages} stages, each owning one "
+                    f"expert: set num_experts={stages}, top_k=1, shared_expert=False (got num_experts="
+                    f"{self.num_experts}, top_k={self.top_k}, shared_expert={self.shared_expert})"
+                )
+        elif self.stage_boundaries is not None:
+            raise ValueError(
+                "MoDEConfig.stage_boundaries only applies to router_input='stage'; remove it or set "
+                "router_input='stage'"
+            )
+        if self.router_input == "fixed" and self.top_k != self.num_experts:
+            raise ValueError(
+                "router_input='fixed' (an extracted task model) runs all its experts: set top_k=num_experts"
+            )
+
     # Derived quantities -------------------------------------------------------------------------------
     @property
     def is_dense(self) -> bool:
-        return self.num_experts == 1
+        return self.num_experts == 1 and self.router_input != "fixed"
 
     @property
     def routed_experts(self) -> int:
@@ -141,8 +176,16 @@ class MoDEConfig:
 
     @property
     def cacheable(self) -> bool:
-        """True when routing depends on sigma alone, so experts can be precomputed per sampler step."""
-        return self.is_dense or self.router_input == "sigma"
+        """True when the experts of a sampler step are known before the observation arrives.
+
+        Sigma and stage routing: per step. Task and sigma+goal routing: per (goal, step). Token routing
+        depends on every token's content and cannot be cached.
+        """
+        return self.is_dense or self.router_input != "token"
+
+    @property
+    def routing_uses_goal(self) -> bool:
+        return not self.is_dense and self.router_input in ("task", "sigma_goal")
 
     # Serialisation ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -156,11 +156,29 @@ class MoDEDenoiser(nn.Module):
             raise ValueError("bind(use_cache=True) needs the sampler schedule: pass sigmas=...")
         cache = self.cache_experts(sigmas)
         cache.refresh(check_contents=True)
+        if not cache.uses_goal:
 
-        def model(x: torch.Tensor, sigma: torch.Tensor, step: int) -> torch.Tensor:
-            return self(x, sigma, obs, goal, cached_step=cache.step(step))
+            def model(x: torch.Tensor, sigma: torch.Tensor, step: int) -> torch.Tensor:
+                return self(x, sigma, obs, goal, cached_step=cache.step(step))
 
-        return model
+            return model
+
+        # Goal-routed: samples that share a goal share a table; each group runs its own experts.
+        goal_rows = goal if goal.dim() == 3 else goal.unsqueeze(1)  # (batch, goal_tokens, goal_dim)
+        unique_goals, group_of = torch.unique(goal_rows.flatten(1), dim=0, return_inverse=True)
+        keys = [cache.add_goal(row.view_as(goal_rows[0])) for row in unique_goals]
+        if len(keys) == 1:
+            return lambda x, sigma, step: self(x, sigma, obs, goal, cached_step=cache.step(step, keys[0]))
+        members = [torch.nonzero(group_of == g).flatten() for g in range(len(keys))]
+
+        def grouped_model(x: torch.Tensor, sigma: torch.Tensor, step: int) -> torch.Tensor:
+            out = torch.empty_like(x)
+            for key, rows in zip(keys, members, strict=True):
+                cached = cache.step(step, key)
+                out[rows] = self(x[rows], sigma, obs[rows], goal[rows], cached_step=cached)
+            return out
+
+        return grouped_model
 
     @torch.no_grad()
     def sample_actions(

@@ -1,14 +1,15 @@
-"""Expert caching: with sigma-only routing and a fixed sampler schedule, the experts each layer uses at each
-sampler step are known before any observation arrives. The cache stores, per (step, layer), the chosen
-expert indices and weights as host values, plus phi(sigma) per step, so inference runs exactly those
-experts as dense matmuls on views of the live weights: no router, no dispatch, no copy of any expert.
+"""Expert caching: when routing does not look at tokens (sigma, stage or task routing) and the sampler
+schedule is fixed, the experts each layer uses at each sampler step are known before any observation
+arrives. The cache stores, per (step, layer), the chosen expert indices and weights as host values, plus
+phi(sigma) per step, so inference runs exactly those experts as dense matmuls on views of the live
+weights: no router, no dispatch, no copy of any expert.
 
 Pitfalls of the reference implementation that this avoids (DESIGN.md):
 - keyed by sampler step (an int), never by a float sigma, so it cannot miss silently or depend on batch;
 - an unknown step raises instead of falling back to routing;
 - no fused per-step copies of expert weights (memory stays O(steps x layers x k) numbers);
 - stale entries are rebuilt when the routing parameters change (optimizer step, load_state_dict, EMA swap);
-- refuses models whose routing depends on tokens.
+- refuses models whose routing depends on tokens; goal-routed models get one table per goal.
 """
 
 from __future__ import annotations
@@ -30,11 +31,15 @@ class ExpertCacheError(RuntimeError):
 
 
 class ExpertCache:
-    """Per-step routing of a sigma-routed MoDE network for one sampler schedule.
+    """Per-step routing of a MoDE network for one sampler schedule.
 
     ``sigmas`` is the sampler's schedule (decreasing, may end in 0); step j of the cache is the model
     evaluation at ``sigmas[j]``, which is what ``mode_policy.diffusion.sample`` passes as ``step``.
+    Sigma and stage routing: one table of steps. Task and sigma+goal routing: one table per goal, keyed by
+    the goal tensor's exact bytes (equal goals share a table, a new goal builds one; no tolerance).
     """
+
+    max_goals = 4096  # distinct goals kept (each table is a few KiB); the oldest is dropped beyond this
 
     def __init__(self, network: MoDETransformer, sigmas: torch.Tensor) -> None:
         config = network.config
@@ -55,8 +60,11 @@ class ExpertCache:
         self.network = network
         self.sigmas = sigmas.clone()
         self.num_steps = num_steps
+        self.uses_goal = config.routing_uses_goal
         self.builds = 0
-        self._steps: list[CachedStep] = []
+        self._steps: list[CachedStep] = []  # routing that needs no goal
+        self._goal_steps: dict[bytes, list[CachedStep]] = {}
+        self._goals: dict[bytes, torch.Tensor] = {}
         self._fingerprint: tuple = ()
         self._checksum: list[float] = []
         self.rebuild()
@@ -64,26 +72,40 @@ class ExpertCache:
     # Building ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def rebuild(self) -> None:
-        network = self.network
-        reference = next(network.parameters())
-        sigmas = self.sigmas[: self.num_steps].to(device=reference.device, dtype=reference.dtype)
-        sigma_embedding = network.sigma_embedding(sigmas.log() / 4)  # (steps, D)
-        per_layer: list[list[CachedRoute | None]] = []
-        for block in network.blocks:
-            if block.moe.router is None:
-                per_layer.append([None] * self.num_steps)
-                continue
-            routing = block.moe.route_sigma(sigma_embedding)
-            # One host transfer per layer at build time; none at inference.
-            ids, weights = routing.expert_ids.tolist(), routing.expert_weights.tolist()
-            per_layer.append([CachedRoute(tuple(i), tuple(w)) for i, w in zip(ids, weights, strict=True)])
-        self._steps = [
-            CachedStep(sigma_embedding[j : j + 1].clone(), tuple(layer[j] for layer in per_layer))
-            for j in range(self.num_steps)
-        ]
+        """Recompute every table from the current weights (done automatically when they change)."""
+        self._steps = [] if self.uses_goal else self._build_steps(None)
+        self._goal_steps = {key: self._build_steps(goal) for key, goal in self._goals.items()}
         self._fingerprint = self._identity_fingerprint()
         self._checksum = self._content_checksum()
         self.builds += 1
+
+    def _build_steps(self, goal: torch.Tensor | None) -> list[CachedStep]:
+        network = self.network
+        reference = next(network.parameters())
+        sigmas = self.sigmas[: self.num_steps].to(device=reference.device, dtype=reference.dtype)
+        c_noise = sigmas.log() / 4
+        sigma_embedding = network.sigma_embedding(c_noise)  # (steps, D)
+        goal_tokens = (  # (1, goal_tokens, D)
+            None
+            if goal is None
+            else network.goal_proj(goal.to(reference.device, reference.dtype)).unsqueeze(0)
+        )
+        route_context = network.route_context(sigma_embedding, c_noise, goal_tokens)  # (steps or 1, ...)
+        per_layer: list[list[CachedRoute | None]] = []
+        for block in network.blocks:
+            if block.moe.routing == "fixed" or block.moe.experts is None:
+                per_layer.append([None] * self.num_steps)
+                continue
+            routing = block.moe.route_rows(route_context)
+            # One host transfer per layer at build time; none at inference.
+            ids, weights = routing.expert_ids.tolist(), routing.expert_weights.tolist()
+            if len(ids) == 1:  # task routing ignores sigma: the same experts at every step
+                ids, weights = ids * self.num_steps, weights * self.num_steps
+            per_layer.append([CachedRoute(tuple(i), tuple(w)) for i, w in zip(ids, weights, strict=True)])
+        return [
+            CachedStep(sigma_embedding[j : j + 1].clone(), tuple(layer[j] for layer in per_layer))
+            for j in range(self.num_steps)
+        ]
 
     def _identity_fingerprint(self) -> tuple:
         # Tensor versions move on every in-place update that autograd can see (optimizer steps, copy_ under
@@ -104,8 +126,27 @@ class ExpertCache:
         ):
             self.rebuild()
 
-    def step(self, index: int) -> CachedStep:
-        """The cached routing for the model evaluation at ``sigmas[index]``."""
+    @staticmethod
+    def goal_key(goal: torch.Tensor) -> bytes:
+        """The exact identity of one sample's goal (goal_tokens, goal_dim): dtype, shape and bytes."""
+        goal = goal.detach()
+        header = f"{goal.dtype}{tuple(goal.shape)}".encode()
+        return header + goal.cpu().contiguous().numpy().tobytes()
+
+    def add_goal(self, goal: torch.Tensor) -> bytes:
+        """Build (or reuse) the table for one goal (goal_tokens, goal_dim); returns its key for ``step``."""
+        key = self.goal_key(goal)
+        if key not in self._goal_steps:
+            if len(self._goals) >= self.max_goals:
+                oldest = next(iter(self._goals))
+                del self._goals[oldest], self._goal_steps[oldest]
+            self._goals[key] = goal.detach().clone()
+            with torch.no_grad():
+                self._goal_steps[key] = self._build_steps(self._goals[key])
+        return key
+
+    def step(self, index: int, goal_key: bytes | None = None) -> CachedStep:
+        """The cached routing for the model evaluation at ``sigmas[index]`` (and the goal of ``goal_key``)."""
         if not 0 <= index < self.num_steps:
             raise ExpertCacheError(
                 f"step {index} is outside this expert cache, built for {self.num_steps} sampler steps; build "
@@ -116,7 +157,14 @@ class ExpertCache:
                 "the expert cache holds inference routing; call .eval() on the model before sampling with it"
             )
         self.refresh(check_contents=False)
-        return self._steps[index]
+        if not self.uses_goal:
+            return self._steps[index]
+        if goal_key is None or goal_key not in self._goal_steps:
+            raise ExpertCacheError(
+                "this model routes on the goal: register each goal with cache.add_goal(goal) and pass the "
+                "key it returns (denoiser.sample_actions does this for you)"
+            )
+        return self._goal_steps[goal_key][index]
 
     def matches(self, sigmas: torch.Tensor) -> bool:
         """True when ``sigmas`` is the schedule this cache was built for (exact, no tolerance)."""
@@ -125,14 +173,17 @@ class ExpertCache:
             sigmas.detach().to(self.sigmas.device, self.sigmas.dtype), self.sigmas
         )
 
-    def expert_ids(self) -> list[list[tuple[int, ...] | None]]:
+    def expert_ids(self, goal_key: bytes | None = None) -> list[list[tuple[int, ...] | None]]:
         """[step][layer] -> the routed experts used (None for dense layers); handy for usage plots."""
-        return [[None if r is None else r.expert_ids for r in s.routes] for s in self._steps]
+        steps = self._goal_steps[goal_key] if self.uses_goal else self._steps
+        return [[None if r is None else r.expert_ids for r in s.routes] for s in steps]
 
     def memory_bytes(self) -> int:
-        """Bytes this cache holds: its phi(sigma) tensors, schedule and the Python route records."""
+        """Bytes this cache holds: its phi(sigma) tensors, schedule, goals and the Python route records."""
         total = self.sigmas.numel() * self.sigmas.element_size()
-        for cached in self._steps:
+        tables = [self._steps, *self._goal_steps.values()]
+        total += sum(goal.numel() * goal.element_size() for goal in self._goals.values())
+        for cached in (step for table in tables for step in table):
             total += cached.sigma_embedding.numel() * cached.sigma_embedding.element_size()
             total += sys.getsizeof(cached.routes)
             for route in cached.routes:

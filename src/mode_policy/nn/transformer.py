@@ -45,12 +45,13 @@ class MoDEBlock(nn.Module):
         self,
         x: torch.Tensor,
         sigma_embedding: torch.Tensor,
+        route_context: torch.Tensor | None,
         *,
         cached_route: CachedRoute | None = None,
         need_stats: bool = False,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, RouterStats | None]:
-        """x: (batch, tokens, D); sigma_embedding: (batch or 1, D)."""
+        """x: (batch, tokens, D); sigma_embedding: (batch or 1, D); route_context: see MoELayer."""
         h = x + self.dropout(self.attn(self.attn_norm(x) + sigma_embedding.unsqueeze(1)))
         if self.normalize_residual:
             h = self.moe_norm(h)
@@ -58,7 +59,7 @@ class MoDEBlock(nn.Module):
         else:
             moe_in = self.moe_norm(h)
         moe_out, stats = self.moe(
-            moe_in, sigma_embedding, cached_route=cached_route, need_stats=need_stats, generator=generator
+            moe_in, route_context, cached_route=cached_route, need_stats=need_stats, generator=generator
         )
         return h + self.dropout(moe_out), stats
 
@@ -78,14 +79,41 @@ class MoDETransformer(nn.Module):
         self.blocks = nn.ModuleList(MoDEBlock(config) for _ in range(config.depth))
         self.final_norm = nn.RMSNorm(dim)
         self.head = nn.Linear(dim, config.action_dim)
+        if config.router_input == "stage":
+            # Compared with c_noise = ln(sigma)/4, computed by the same ops as the preconditioning.
+            boundaries = torch.tensor(config.stage_boundaries, dtype=torch.float64).log() / 4
+            self.register_buffer("stage_c_noise_boundaries", boundaries.float(), persistent=False)
 
     def routing_parameters(self) -> list[nn.Parameter]:
         """The parameters that decide which experts run at a given sigma (what an expert cache depends on)."""
         params = list(self.sigma_embedding.parameters())
+        if self.config.routing_uses_goal:
+            params.extend(self.goal_proj.parameters())
         for block in self.blocks:
             if block.moe.router is not None:
                 params.extend(block.moe.router.parameters())
+            if block.moe.routing == "fixed" and block.moe.experts is not None:
+                params.append(block.moe.fixed_weights)
         return params
+
+    def route_context(
+        self, sigma_embedding: torch.Tensor, c_noise: torch.Tensor, goal_tokens: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """What the routers look at, one row per sample (or a single shared row).
+
+        sigma_embedding: (rows, D) phi(sigma); c_noise: (rows,); goal_tokens: (batch, goal_tokens, D)
+        projected goal. Returns (rows, D) router input, (rows,) long stage ids, or None (token, fixed, dense).
+        """
+        routing = self.config.router_input
+        if self.config.is_dense or routing in ("token", "fixed"):
+            return None
+        if routing == "sigma":
+            return sigma_embedding
+        if routing == "stage":
+            # Stage s owns sigma in [boundary_s, boundary_{s-1}); stage 0 is the noisiest.
+            return (c_noise.reshape(-1, 1) < self.stage_c_noise_boundaries.to(c_noise.dtype)).sum(dim=-1)
+        goal_feature = goal_tokens.mean(dim=1)  # (batch, D)
+        return goal_feature if routing == "task" else sigma_embedding + goal_feature
 
     def forward(
         self,
@@ -110,10 +138,11 @@ class MoDETransformer(nn.Module):
             sigma_embedding = self.sigma_embedding(c_noise)  # (batch or 1, D)
         else:
             sigma_embedding = cached_step.sigma_embedding
-        context = torch.cat(
-            [self.goal_dropout(self.goal_proj(goal)), self.obs_proj(obs), self.action_proj(scaled_action)],
-            dim=1,
+        goal_tokens = self.goal_dropout(self.goal_proj(goal))  # (batch, goal_tokens, D)
+        route_context = (
+            None if cached_step is not None else self.route_context(sigma_embedding, c_noise, goal_tokens)
         )
+        context = torch.cat([goal_tokens, self.obs_proj(obs), self.action_proj(scaled_action)], dim=1)
         noise_token = sigma_embedding.unsqueeze(1).expand(batch, 1, -1)
         x = torch.cat([noise_token, context + self.position], dim=1)  # (batch, tokens, D)
         all_stats = []
@@ -121,6 +150,7 @@ class MoDETransformer(nn.Module):
             x, stats = block(
                 x,
                 sigma_embedding,
+                route_context,
                 cached_route=None if cached_step is None else cached_step.routes[layer],
                 need_stats=need_stats,
                 generator=generator,

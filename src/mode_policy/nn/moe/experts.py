@@ -77,6 +77,11 @@ class GroupedSwiGLU(nn.Module):
         hidden = swiglu(torch.matmul(tokens.unsqueeze(0), w_in))  # (k, N, H)
         return torch.bmm(hidden, w_out)
 
+    def forward_all(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: (N, D) through every expert -> (E, N, D) (an extracted task model runs them all)."""
+        hidden = swiglu(torch.matmul(tokens.unsqueeze(0), self.w_in))  # (E, N, H)
+        return torch.bmm(hidden, self.w_out)
+
     def forward_expert(self, tokens: torch.Tensor, expert_id: int) -> torch.Tensor:
         """tokens: (N, D) through expert ``expert_id`` -> (N, D)."""
         return swiglu(tokens @ self.w_in[expert_id]) @ self.w_out[expert_id]

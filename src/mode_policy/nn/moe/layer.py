@@ -45,38 +45,51 @@ def load_balance_loss(probs: torch.Tensor, tokens_per_expert: torch.Tensor) -> t
 class MoELayer(nn.Module):
     """Routed SwiGLU experts (plus an optional shared expert), or one dense SwiGLU when num_experts == 1.
 
-    Routing on sigma gives one routing per sample: ``router_input`` is phi(sigma) of shape (batch, D), or
-    (1, D) when the whole batch shares one sigma, as it does inside a sampler. Routing on tokens routes
-    every token on its own hidden state.
+    Per-sample routing (sigma, task, sigma_goal, stage) takes a ``route_context`` with one row per sample, or
+    a single row when the whole batch shares it, as it does inside a sampler for sigma and stage routing:
+    a float (rows, D) router input, or for stage routing (rows,) long stage indices. Token routing routes
+    every token on its own hidden state (``route_context`` is ignored). A "fixed" layer (an extracted task
+    model) runs all of its experts with constant weights.
     """
 
     def __init__(self, config: MoDEConfig) -> None:
         super().__init__()
         dim, hidden = config.width, config.expert_hidden
-        self.router_on_sigma = config.router_input == "sigma"
+        self.routing = config.router_input
         self.top_k = config.routed_top_k
         self.stochastic_routing = config.stochastic_routing
         self.dense = SwiGLU(dim, hidden) if config.is_dense else None
+        learned_router = not config.is_dense and self.routing not in ("stage", "fixed")
         self.router = (
-            None if config.is_dense else Router(dim, config.routed_experts, config.router_hidden_mult)
+            Router(dim, config.routed_experts, config.router_hidden_mult) if learned_router else None
         )
         self.experts = None if config.is_dense else GroupedSwiGLU(config.routed_experts, dim, hidden)
         self.shared_expert = SwiGLU(dim, hidden) if config.shared_expert else None
+        if self.routing == "fixed" and not config.is_dense:
+            # Set by extract_task_model; a buffer so it is saved with the weights.
+            self.register_buffer(
+                "fixed_weights", torch.full((config.routed_experts,), 1.0 / config.routed_experts)
+            )
 
-    def route_sigma(self, sigma_embedding: torch.Tensor) -> Routing:
-        """Deterministic (eval) routing for phi(sigma) rows (rows, D); used to build the expert cache."""
-        return select_experts(self.router(sigma_embedding), self.top_k, sample=False)
+    def route_rows(self, route_context: torch.Tensor) -> Routing:
+        """Deterministic (eval) routing for per-sample rows; used to build the expert cache.
+
+        route_context: (rows, D) router input, or (rows,) long stage indices for stage routing.
+        """
+        if self.routing == "stage":
+            return _hard_routing(route_context, self.experts.num_experts)
+        return select_experts(self.router(route_context), self.top_k, sample=False)
 
     def forward(
         self,
         x: torch.Tensor,
-        sigma_embedding: torch.Tensor,
+        route_context: torch.Tensor | None,
         *,
         cached_route: CachedRoute | None = None,
         need_stats: bool = False,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, RouterStats | None]:
-        """x: (batch, tokens, D); sigma_embedding: (batch or 1, D) -> ((batch, tokens, D), stats or None)."""
+        """x: (batch, tokens, D) -> ((batch, tokens, D), stats or None)."""
         if self.dense is not None:
             return self.dense(x), None
         batch, tokens, dim = x.shape
@@ -84,23 +97,20 @@ class MoELayer(nn.Module):
         stats = None
         if cached_route is not None:
             out = self._run_cached(flat, cached_route)
+        elif self.routing == "fixed":
+            out = (self.fixed_weights.view(-1, 1, 1) * self.experts.forward_all(flat)).sum(dim=0)
         else:
-            sample = self.training and self.stochastic_routing
-            if self.router_on_sigma and sigma_embedding.shape[0] == 1 and not sample:
+            sample = self.training and self.stochastic_routing and self.routing != "stage"
+            if self.routing != "token" and route_context.shape[0] == 1 and not sample:
                 # One routing for every token: run just the chosen experts, densely.
-                routing = select_experts(self.router(sigma_embedding), self.top_k, sample=False)
+                routing = self.route_rows(route_context)
                 expert_out = self.experts.forward_selected(flat, routing.expert_ids[0])  # (k, N, D)
                 out = (routing.expert_weights[0].view(-1, 1, 1) * expert_out).sum(dim=0)
                 tokens_per_expert = torch.zeros_like(routing.probs[0]).index_fill_(
                     0, routing.expert_ids[0], 1
                 )
             else:
-                if self.router_on_sigma:
-                    # Per-sample routing expanded to every token; sampling (training) then draws per token.
-                    logits = self.router(sigma_embedding).expand(batch, -1).repeat_interleave(tokens, dim=0)
-                else:
-                    logits = self.router(flat)
-                routing = select_experts(logits, self.top_k, sample=sample, generator=generator)
+                routing = self._route_tokens(flat, route_context, batch, tokens, sample, generator)
                 out, tokens_per_expert = dispatch_to_experts(
                     flat, routing.expert_ids, routing.expert_weights, self.experts
                 )
@@ -110,6 +120,26 @@ class MoELayer(nn.Module):
             out = out + self.shared_expert(flat)
         return out.reshape(batch, tokens, dim), stats
 
+    def _route_tokens(
+        self,
+        flat: torch.Tensor,
+        route_context: torch.Tensor | None,
+        batch: int,
+        tokens: int,
+        sample: bool,
+        generator: torch.Generator | None,
+    ) -> Routing:
+        """Routing with one row per token (N = batch * tokens)."""
+        if self.routing == "token":
+            logits = self.router(flat)
+        elif self.routing == "stage":
+            stage = route_context.expand(batch).repeat_interleave(tokens)
+            return _hard_routing(stage, self.experts.num_experts)
+        else:
+            # Per-sample routing expanded to every token; sampling (training) then draws per token.
+            logits = self.router(route_context).expand(batch, -1).repeat_interleave(tokens, dim=0)
+        return select_experts(logits, self.top_k, sample=sample, generator=generator)
+
     def _run_cached(self, flat: torch.Tensor, route: CachedRoute) -> torch.Tensor:
         out = None
         for expert_id, weight in zip(route.expert_ids, route.expert_weights, strict=True):
@@ -117,8 +147,17 @@ class MoELayer(nn.Module):
             out = expert_out * weight if out is None else out.add_(expert_out, alpha=weight)
         return out
 
-    @staticmethod
-    def _stats(routing: Routing, tokens_per_expert: torch.Tensor) -> RouterStats:
+    def _stats(self, routing: Routing, tokens_per_expert: torch.Tensor) -> RouterStats:
         fraction = tokens_per_expert.detach().float() / tokens_per_expert.sum().clamp_min(1)
+        if self.routing == "stage":  # hard routing by sigma: there is no router to balance or regularise
+            zero = routing.probs.new_zeros(())
+            return RouterStats(zero, zero, fraction)
         z_loss = torch.logsumexp(routing.logits.float(), dim=-1).square().mean()
         return RouterStats(load_balance_loss(routing.probs, tokens_per_expert), z_loss, fraction)
+
+
+def _hard_routing(stage: torch.Tensor, num_experts: int) -> Routing:
+    """Stage routing: row i uses expert ``stage[i]`` with weight 1. stage: (rows,) long."""
+    probs = torch.nn.functional.one_hot(stage, num_experts).float()
+    ids = stage.unsqueeze(-1)
+    return Routing(probs, probs, ids, torch.ones(ids.shape, device=stage.device))

@@ -1,0 +1,211 @@
+"""Record Meta-World scripted-expert demonstrations into a LeRobotDataset v3.
+
+Each episode draws its goal and object placement from ``episode_seed(task, attempt, "demo", seed)``, so demos
+never share a seed with evaluation episodes. An episode is recorded from reset until ``frames_after_success``
+frames past the first ``info["success"]`` (the experts hold still near the goal there, which teaches the
+policy to stop), or until Meta-World's 500-step horizon.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mode_policy.data.writer import LeRobotDatasetWriter
+from mode_policy.envs.metaworld import (
+    ACTION_DIM,
+    ACTION_NAMES,
+    FPS,
+    MAX_EPISODE_STEPS,
+    ROBOT_TYPE,
+    STATE_DIM,
+    STATE_NAMES,
+    episode_seed,
+    instruction,
+    make_env,
+    reset_with_seed,
+    scripted_policy,
+    suite_tasks,
+)
+
+FEATURES: dict[str, dict[str, Any]] = {
+    "observation.state": {"dtype": "float32", "shape": [STATE_DIM], "names": list(STATE_NAMES)},
+    "action": {"dtype": "float32", "shape": [ACTION_DIM], "names": list(ACTION_NAMES)},
+}
+
+
+@dataclass
+class ExpertEpisode:
+    """One recorded rollout: states (T, 39) and actions (T, 4), float32; action t was taken in state t."""
+
+    task: str
+    seed: int
+    states: np.ndarray
+    actions: np.ndarray
+    success: bool
+    steps_to_success: int | None  # env steps until info["success"] first became true
+    env_steps: int
+
+
+@dataclass
+class TaskCollection:
+    task: str
+    episodes: list[ExpertEpisode]
+    attempts: int
+    successes: int
+    env_steps: int
+    seconds: float
+
+
+def run_expert_episode(
+    env: Any,
+    policy: Any,
+    task: str,
+    seed: int,
+    *,
+    frames_after_success: int = 10,
+    max_steps: int = MAX_EPISODE_STEPS,
+) -> ExpertEpisode:
+    """Roll out ``policy`` on ``env`` reset to ``seed``; stop ``frames_after_success`` steps after success."""
+    obs, _ = reset_with_seed(env, seed)
+    states, actions = [], []
+    success_step = None
+    for step in range(max_steps):
+        # The experts may overshoot [-1, 1]; the env clips, so record what it actually executed.
+        action = np.clip(policy.get_action(obs), -1.0, 1.0).astype(np.float32)
+        states.append(obs.astype(np.float32))
+        actions.append(action)
+        obs, _, _, truncated, info = env.step(action)
+        if success_step is None and info["success"]:
+            success_step = step + 1
+        if success_step is not None and step + 1 >= success_step + frames_after_success:
+            break
+        if truncated:
+            break
+    return ExpertEpisode(
+        task=task,
+        seed=seed,
+        states=np.stack(states),
+        actions=np.stack(actions),
+        success=success_step is not None,
+        steps_to_success=success_step,
+        env_steps=len(states),
+    )
+
+
+def collect_task(
+    task: str,
+    episodes: int,
+    seed: int = 0,
+    *,
+    keep_failed: bool = False,
+    frames_after_success: int = 10,
+    max_attempts: int | None = None,
+    progress_bar: Any = None,
+) -> TaskCollection:
+    """``episodes`` expert episodes of one task (successful ones only unless ``keep_failed``).
+
+    Failed attempts are retried with the next demo seed, up to ``max_attempts`` (default 2N + 10), after
+    which RuntimeError reports the success count: the scripted experts succeed ~99% of the time, so hitting
+    the cap means something is wrong with the environment install, not bad luck.
+    """
+    cap = max_attempts if max_attempts is not None else 2 * episodes + 10
+    start = time.perf_counter()
+    env = make_env(task, seed=episode_seed(task, 0, "demo", seed))
+    policy = scripted_policy(task)
+    kept: list[ExpertEpisode] = []
+    attempts = successes = env_steps = 0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
+        while len(kept) < episodes:
+            if attempts >= cap:
+                raise RuntimeError(
+                    f"{task}: only {successes} of {attempts} scripted-expert episodes succeeded (needed "
+                    f"{episodes}); check the metaworld install, or pass keep_failed=True to keep failures"
+                )
+            ep = run_expert_episode(
+                env,
+                policy,
+                task,
+                episode_seed(task, attempts, "demo", seed),
+                frames_after_success=frames_after_success,
+            )
+            attempts += 1
+            successes += ep.success
+            env_steps += ep.env_steps
+            if ep.success or keep_failed:
+                kept.append(ep)
+                if progress_bar is not None:
+                    progress_bar.update(1)
+                    progress_bar.set_postfix(task=task, success=f"{successes}/{attempts}")
+    env.close()
+    return TaskCollection(task, kept, attempts, successes, env_steps, time.perf_counter() - start)
+
+
+def _collect_task_job(args: tuple) -> TaskCollection:
+    task, episodes, seed, keep_failed, frames_after_success = args
+    return collect_task(
+        task, episodes, seed, keep_failed=keep_failed, frames_after_success=frames_after_success
+    )
+
+
+def collect_demonstrations(
+    out: str | Path,
+    suite: str = "mt10",
+    tasks: str | list[str] | None = None,
+    episodes_per_task: int = 50,
+    seed: int = 0,
+    keep_failed: bool = False,
+    progress: bool = True,
+    *,
+    frames_after_success: int = 10,
+    workers: int = 1,
+    overwrite: bool = False,
+) -> Path:
+    """Collect ``episodes_per_task`` scripted-expert demos per task into a LeRobotDataset v3 at ``out``.
+
+    Features: ``observation.state`` (39,) float32, ``action`` (4,) float32, plus LeRobot's index columns;
+    the task string is the natural-language instruction (``mode_policy.envs.instructions``); fps = 80 (the
+    Meta-World control rate). ``workers > 1`` collects tasks in that many processes. The dataset appears at
+    ``out`` only once complete (atomic rename). Returns ``out``.
+    """
+    if episodes_per_task < 1:
+        raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
+    names = suite_tasks(suite, tasks)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(names) * episodes_per_task, desc="collecting demos", unit="ep", disable=not progress)
+    with bar, LeRobotDatasetWriter(out, FPS, FEATURES, robot_type=ROBOT_TYPE, overwrite=overwrite) as writer:
+        jobs = [(task, episodes_per_task, seed, keep_failed, frames_after_success) for task in names]
+        if workers > 1 and len(names) > 1:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+                results = pool.map(_collect_task_job, jobs)
+                for result in results:
+                    _write_task(writer, result)
+                    bar.update(len(result.episodes))
+                    bar.set_postfix(task=result.task, success=f"{result.successes}/{result.attempts}")
+        else:
+            for job in jobs:
+                result = collect_task(
+                    *job[:3],
+                    keep_failed=keep_failed,
+                    frames_after_success=frames_after_success,
+                    progress_bar=bar,
+                )
+                _write_task(writer, result)
+    return Path(out)
+
+
+def _write_task(writer: LeRobotDatasetWriter, result: TaskCollection) -> None:
+    task = instruction(result.task)
+    for ep in result.episodes:
+        for state, action in zip(ep.states, ep.actions, strict=True):
+            writer.add_frame({"observation.state": state, "action": action})
+        writer.save_episode(task=task)

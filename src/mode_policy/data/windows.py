@@ -1,0 +1,98 @@
+"""Training windows: an observation history and the action chunk that follows, one item per frame."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mode_policy.data.lerobot import LeRobotDataset
+
+
+class ActionChunkDataset(Dataset):
+    """Every frame ``t`` of ``dataset`` as one training item (LeRobot batch names, raw values).
+
+    Item fields (unbatched; the default collate stacks tensors and turns ``task`` into a list[str]):
+      observation.state   (n_obs_steps, state_dim) float32  frames t-n_obs_steps+1 .. t
+      observation_is_pad  (n_obs_steps,) bool               True where the history reaches before the
+                                                            episode start; those rows repeat the first frame
+      action              (chunk_size, action_dim) float32  actions t .. t+chunk_size-1
+      action_is_pad       (chunk_size,) bool                True past the episode end; those rows repeat
+                                                            the last action
+      task                str                               the instruction of frame t
+      task_index, episode_index, frame_index                int64 scalars
+
+    All columns are pulled into NumPy once; an item is a handful of fancy-index lookups.
+    """
+
+    def __init__(
+        self,
+        dataset: LeRobotDataset,
+        n_obs_steps: int = 1,
+        chunk_size: int = 10,
+        *,
+        state_key: str = "observation.state",
+        action_key: str = "action",
+    ) -> None:
+        if n_obs_steps < 1 or chunk_size < 1:
+            raise ValueError(f"n_obs_steps and chunk_size must be >= 1, got {n_obs_steps} and {chunk_size}")
+        self.dataset = dataset
+        self.n_obs_steps = n_obs_steps
+        self.chunk_size = chunk_size
+        # (frames, dim); a feature of shape (1,) comes back from column() as (frames,), so restore its dim.
+        self.state = _as_rows(dataset.column(state_key))
+        self.action = _as_rows(dataset.column(action_key))
+        self.task_index = dataset.column("task_index").astype(np.int64)
+        self.episode_index = dataset.column("episode_index").astype(np.int64)
+        self.frame_index = dataset.column("frame_index").astype(np.int64)
+        lengths = np.array([ep["length"] for ep in dataset.episodes], dtype=np.int64)
+        starts = np.array([ep["dataset_from_index"] for ep in dataset.episodes], dtype=np.int64)
+        # Per frame: first and last row of its episode, the clamp bounds for history and chunk.
+        self.episode_start = np.repeat(starts, lengths)
+        self.episode_last = np.repeat(starts + lengths - 1, lengths)
+        self._obs_offsets = np.arange(-n_obs_steps + 1, 1, dtype=np.int64)
+        self._action_offsets = np.arange(chunk_size, dtype=np.int64)
+        self.tasks = list(dataset.tasks)
+
+    @property
+    def state_dim(self) -> int:
+        return self.state.shape[1]
+
+    @property
+    def action_dim(self) -> int:
+        return self.action.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.state)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} frames")
+        obs_rows = index + self._obs_offsets
+        first = self.episode_start[index]
+        obs_pad = obs_rows < first
+        obs_rows = np.maximum(obs_rows, first)
+        action_rows = index + self._action_offsets
+        last = self.episode_last[index]
+        action_pad = action_rows > last
+        action_rows = np.minimum(action_rows, last)
+        task_index = int(self.task_index[index])
+        return {
+            "observation.state": torch.from_numpy(self.state[obs_rows]),
+            "observation_is_pad": torch.from_numpy(obs_pad),
+            "action": torch.from_numpy(self.action[action_rows]),
+            "action_is_pad": torch.from_numpy(action_pad),
+            "task": self.tasks[task_index],
+            "task_index": torch.tensor(task_index, dtype=torch.int64),
+            "episode_index": torch.tensor(int(self.episode_index[index]), dtype=torch.int64),
+            "frame_index": torch.tensor(int(self.frame_index[index]), dtype=torch.int64),
+        }
+
+
+def _as_rows(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float32)
+    return np.ascontiguousarray(values.reshape(len(values), -1))

@@ -1,0 +1,375 @@
+"""Write a LeRobotDataset v3 atomically: nothing loadable exists at ``root`` until ``finalize()``.
+
+Everything goes into a hidden sibling folder (``.<name>.partial-XXXX``) that is renamed onto ``root`` at the
+end, so a crash or Ctrl-C mid-collection leaves at most that hidden folder behind, never a dataset that
+loads as complete. The files match what LeRobot writes: one parquet row group per episode in
+``data/chunk-000/file-000.parquet`` (rolling to the next file past ``data_files_size_in_mb``), episode
+metadata with LeRobot's per-episode ``stats/<feature>/<stat>`` columns, tasks as a pandas-indexed parquet,
+and ``stats.json`` computed once over all frames.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mode_policy.data.format import (
+    CODEBASE_VERSION,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_DATA_FILE_SIZE_IN_MB,
+    DEFAULT_DATA_PATH,
+    DEFAULT_EPISODES_PATH,
+    DEFAULT_FEATURES,
+    DEFAULT_VIDEO_FILE_SIZE_IN_MB,
+    INFO_PATH,
+    STATS_PATH,
+    TASKS_PATH,
+    feature_shape,
+    huggingface_metadata,
+    is_numeric,
+    numpy_to_arrow,
+)
+from mode_policy.data.stats import feature_stats, stats_to_json
+from mode_policy.io import atomic_write, atomic_write_text
+
+
+class LeRobotDatasetWriter:
+    """Record frames episode by episode, then ``finalize()`` to publish the dataset at ``root``.
+
+    ``features`` maps user feature names to ``{"dtype", "shape", "names"}`` (numeric, shape (1,) or (n,));
+    the index columns (timestamp, frame_index, episode_index, index, task_index) are added and filled here.
+    Usable as a context manager: an exception inside the block aborts (removes the partial folder), a
+    clean exit finalizes.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        fps: int,
+        features: Mapping[str, Mapping[str, Any]],
+        robot_type: str | None = None,
+        *,
+        overwrite: bool = False,
+        data_files_size_in_mb: float = DEFAULT_DATA_FILE_SIZE_IN_MB,
+    ) -> None:
+        self.root = Path(root)
+        if self.root.exists() and (not self.root.is_dir() or any(self.root.iterdir())) and not overwrite:
+            raise FileExistsError(
+                f"{self.root} already exists and is not empty; choose a new path or overwrite=True"
+            )
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        user = {}
+        for name, ft in features.items():
+            if name in DEFAULT_FEATURES:
+                raise ValueError(f"feature {name!r} is filled by the writer; do not declare it")
+            if "/" in name:
+                raise ValueError(f"feature names must not contain '/' (LeRobot rule), got {name!r}")
+            if not is_numeric(ft) or len(feature_shape(ft)) != 1:
+                raise ValueError(
+                    f"feature {name!r}: only numeric features of shape (1,) or (n,) can be written"
+                )
+            user[name] = {
+                "dtype": str(ft["dtype"]),
+                "shape": list(feature_shape(ft)),
+                "names": ft.get("names"),
+            }
+        self.fps = int(fps)
+        self.robot_type = robot_type
+        self.overwrite = overwrite
+        self.user_features = user
+        self.features = {**user, **{k: dict(v) for k, v in DEFAULT_FEATURES.items()}}
+        self._schema = pa.schema(
+            [
+                pa.field(name, numpy_to_arrow(name, np.zeros((0, *_row_shape(ft))), ft).type)
+                for name, ft in self.features.items()
+            ],
+            metadata={b"huggingface": huggingface_metadata(self.features)},
+        )
+        self._max_file_bytes = data_files_size_in_mb * 1024**2
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.partial-", dir=self.root.parent))
+        self._frames: dict[str, list[np.ndarray]] = {name: [] for name in user}
+        self._frame_tasks: list[str] = []
+        self._columns: dict[str, list[np.ndarray]] = {name: [] for name in self.features}
+        self._episodes: list[dict[str, Any]] = []
+        self._tasks: dict[str, int] = {}
+        self._num_frames = 0
+        self._file = (0, 0)  # (chunk_index, file_index)
+        self._file_bytes = 0
+        self._pq_writer: pq.ParquetWriter | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ recording
+    @property
+    def num_episodes(self) -> int:
+        return len(self._episodes)
+
+    @property
+    def num_frames(self) -> int:
+        return self._num_frames
+
+    def add_frame(self, frame: Mapping[str, Any]) -> None:
+        """One time step: a value for every declared feature (an optional ``"task"`` string is allowed)."""
+        self._check_open()
+        keys = set(frame) - {"task"}
+        if keys != set(self.user_features):
+            missing, extra = set(self.user_features) - keys, keys - set(self.user_features)
+            raise ValueError(
+                f"frame features mismatch: missing {sorted(missing)}, unexpected {sorted(extra)}"
+            )
+        for name, ft in self.user_features.items():
+            value = np.asarray(frame[name], dtype=ft["dtype"]).reshape(-1)
+            if value.shape != tuple(ft["shape"]):
+                raise ValueError(f"frame[{name!r}] has {value.size} values, feature shape is {ft['shape']}")
+            self._frames[name].append(value)
+        if "task" in frame:
+            self._frame_tasks.append(str(frame["task"]))
+
+    def save_episode(self, task: str | None = None) -> int:
+        """Close the current episode under the instruction ``task``; returns its episode_index."""
+        self._check_open()
+        length = len(next(iter(self._frames.values()))) if self._frames else 0
+        if length == 0:
+            raise ValueError("add_frame() at least one frame before save_episode()")
+        if task is None:
+            if len(set(self._frame_tasks)) != 1:
+                raise ValueError("pass save_episode(task=...) or give every frame the same 'task'")
+            task = self._frame_tasks[0]
+        task_index = self._tasks.setdefault(task, len(self._tasks))
+        episode_index = len(self._episodes)
+        start = self._num_frames
+        frame_index = np.arange(length, dtype=np.int64)
+        data = {name: np.stack(values) for name, values in self._frames.items()}
+        data["timestamp"] = (frame_index / self.fps).astype(np.float32)
+        data["frame_index"] = frame_index
+        data["episode_index"] = np.full(length, episode_index, dtype=np.int64)
+        data["index"] = start + frame_index
+        data["task_index"] = np.full(length, task_index, dtype=np.int64)
+        for name, ft in self.user_features.items():
+            if np.dtype(ft["dtype"]).kind == "f" and not np.isfinite(data[name]).all():
+                raise ValueError(f"episode {episode_index}: feature {name!r} has NaN/inf values; not saved")
+        data = {name: data[name] for name in self.features}  # column order as in info.json
+
+        table = pa.Table.from_arrays(
+            [numpy_to_arrow(name, data[name], ft) for name, ft in self.features.items()], schema=self._schema
+        )
+        # Roll to the next file the way LeRobot does: when this episode would push the file past the limit.
+        if self._pq_writer is not None and self._file_bytes + table.nbytes > self._max_file_bytes:
+            self._close_data_file()
+            chunk, file = self._file
+            self._file = (chunk + 1, 0) if file == DEFAULT_CHUNK_SIZE - 1 else (chunk, file + 1)
+        if self._pq_writer is None:
+            path = self._tmp / DEFAULT_DATA_PATH.format(chunk_index=self._file[0], file_index=self._file[1])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._pq_writer = pq.ParquetWriter(
+                path, schema=self._schema, compression="snappy", use_dictionary=True
+            )
+            self._file_bytes = 0
+        self._pq_writer.write_table(table)  # one row group per episode
+        self._file_bytes += table.nbytes
+
+        episode = {
+            "episode_index": episode_index,
+            "tasks": [task],
+            "length": length,
+            "data/chunk_index": self._file[0],
+            "data/file_index": self._file[1],
+            "dataset_from_index": start,
+            "dataset_to_index": start + length,
+        }
+        for name, values in data.items():
+            for stat, value in feature_stats(values).items():
+                episode[f"stats/{name}/{stat}"] = value.tolist()
+        episode["meta/episodes/chunk_index"] = 0
+        episode["meta/episodes/file_index"] = 0
+        self._episodes.append(episode)
+        for name, values in data.items():
+            self._columns[name].append(values)
+        self._num_frames += length
+        self.clear_episode()
+        return episode_index
+
+    def clear_episode(self) -> None:
+        """Drop the frames added since the last ``save_episode`` (e.g. a failed demonstration)."""
+        self._frames = {name: [] for name in self.user_features}
+        self._frame_tasks = []
+
+    # ------------------------------------------------------------------ publishing
+    def finalize(self) -> Path:
+        """Write the metadata and move the finished dataset to ``root`` in one rename; returns ``root``."""
+        self._check_open()
+        if any(self._frames.values()) and len(next(iter(self._frames.values()))):
+            raise ValueError(
+                "frames were added after the last save_episode(); save or clear_episode() them first"
+            )
+        if not self._episodes:
+            raise ValueError("no episodes were saved; a dataset needs at least one episode")
+        self._close_data_file()
+        tmp = self._tmp
+        self._write_tasks(tmp / TASKS_PATH)
+        self._write_episodes(tmp / DEFAULT_EPISODES_PATH.format(chunk_index=0, file_index=0))
+        columns = {name: np.concatenate(parts) for name, parts in self._columns.items()}
+        stats = {name: feature_stats(values) for name, values in columns.items()}
+        atomic_write_text(tmp / STATS_PATH, json.dumps(stats_to_json(stats), indent=4))
+        # info.json last: a folder without it never loads, whatever else is there.
+        atomic_write_text(tmp / INFO_PATH, json.dumps(self._info(), indent=4, ensure_ascii=False))
+        self._publish()
+        self._closed = True
+        return self.root
+
+    def abort(self) -> None:
+        """Discard everything recorded; ``root`` is left untouched."""
+        if self._pq_writer is not None:
+            self._pq_writer.close()
+            self._pq_writer = None
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._closed = True
+
+    def __enter__(self) -> LeRobotDatasetWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._closed:
+            return
+        if exc_type is None:
+            self.finalize()
+        else:
+            self.abort()
+
+    # ------------------------------------------------------------------ internals
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this writer was already finalized or aborted")
+
+    def _close_data_file(self) -> None:
+        if self._pq_writer is not None:
+            path = Path(self._pq_writer.where)
+            self._pq_writer.close()
+            self._pq_writer = None
+            with open(path, "rb+") as handle:
+                os.fsync(handle.fileno())
+
+    def _info(self) -> dict[str, Any]:
+        total = len(self._episodes)
+        # LeRobot's v3 converter also records fps on every non-video feature.
+        features = {
+            name: {"dtype": ft["dtype"], "shape": list(ft["shape"]), "names": ft["names"], "fps": self.fps}
+            for name, ft in self.features.items()
+        }
+        return {
+            "codebase_version": CODEBASE_VERSION,
+            "robot_type": self.robot_type,
+            "total_episodes": total,
+            "total_frames": self._num_frames,
+            "total_tasks": len(self._tasks),
+            "chunks_size": DEFAULT_CHUNK_SIZE,
+            "data_files_size_in_mb": DEFAULT_DATA_FILE_SIZE_IN_MB,
+            "video_files_size_in_mb": DEFAULT_VIDEO_FILE_SIZE_IN_MB,
+            "fps": self.fps,
+            "splits": {"train": f"0:{total}"},
+            "data_path": DEFAULT_DATA_PATH,
+            "video_path": None,
+            "features": features,
+        }
+
+    def _write_tasks(self, path: Path) -> None:
+        tasks = sorted(self._tasks, key=self._tasks.__getitem__)
+        table = pa.table(
+            {
+                "task_index": pa.array([self._tasks[t] for t in tasks], pa.int64()),
+                "task": pa.array(tasks, pa.string()),
+            }
+        )
+        # LeRobot writes a pandas DataFrame indexed by the task string (index name "task"); this metadata
+        # makes pandas.read_parquet rebuild exactly that, without needing pandas here.
+        table = table.replace_schema_metadata({b"pandas": json.dumps(_pandas_metadata()).encode()})
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+    def _write_episodes(self, path: Path) -> None:
+        columns = {key: [ep[key] for ep in self._episodes] for key in self._episodes[0]}
+        table = pa.Table.from_pydict(columns)  # the same inference LeRobot's metadata flush uses
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+    def _publish(self) -> None:
+        _apply_umask_permissions(self._tmp)
+        trash = None
+        if self.root.exists():
+            if self.root.is_dir() and not any(self.root.iterdir()):
+                self.root.rmdir()
+            else:  # overwrite=True: swap the old dataset out first, delete it once the new one is in place
+                trash = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.old-", dir=self.root.parent))
+                os.replace(self.root, trash / "dataset")
+        os.replace(self._tmp, self.root)
+        _fsync_dir(self.root.parent)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+
+
+def _row_shape(feature: Mapping[str, Any]) -> tuple[int, ...]:
+    shape = feature_shape(feature)
+    return () if shape == (1,) else shape
+
+
+def _pandas_metadata() -> dict[str, Any]:
+    return {
+        "index_columns": ["task"],
+        "column_indexes": [
+            {
+                "name": None,
+                "field_name": None,
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": {"encoding": "UTF-8"},
+            }
+        ],
+        "columns": [
+            {
+                "name": "task_index",
+                "field_name": "task_index",
+                "pandas_type": "int64",
+                "numpy_type": "int64",
+                "metadata": None,
+            },
+            {
+                "name": "task",
+                "field_name": "task",
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": None,
+            },
+        ],
+        "creator": {"library": "pyarrow", "version": pa.__version__},
+        "pandas_version": "2.2.3",
+    }
+
+
+def _apply_umask_permissions(root: Path) -> None:
+    """mkdtemp / mkstemp create owner-only (0700 / 0600) entries; a published dataset gets the usual modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    root.chmod(0o777 & ~umask)
+    for path in root.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,243 @@
+"""MoDEPolicyConfig: everything that defines a MoDE policy (LeRobot's ``configuration_*.py`` style).
+
+config = MoDEPolicyConfig(state_dim=39, action_dim=4, language_encoder="onehot", tasks=dataset.tasks)
+config.save("run/config.json"); MoDEPolicyConfig.load("run/config.json")
+
+The denoiser's architecture sits in the nested ``denoiser`` (a :class:`MoDEConfig`). Its interface fields
+(``action_dim``, ``chunk_size``, ``obs_dim``, ``num_obs_tokens``, ``num_goal_tokens``, ``goal_dim``) are
+derived from the policy fields, so they are set once, here; values given for them in ``denoiser`` are
+overwritten. ``goal_dim`` follows the language encoder (384 for MiniLM, ``len(tasks)`` for one-hot, the
+checkpoint's projection size for CLIP, filled in when the policy is built).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from mode_policy.diffusion.noise_distributions import make_sigma_distribution
+from mode_policy.diffusion.samplers import SAMPLERS
+from mode_policy.diffusion.schedules import make_schedule
+from mode_policy.io import atomic_write_text
+from mode_policy.nn.config import MoDEConfig
+from mode_policy.nn.encoders.language import LANGUAGE_ENCODERS, MINILM_DIM
+from mode_policy.policies.normalizer import NORMALIZATION_MODES
+
+STATE_KEY = "observation.state"
+ACTION_KEY = "action"
+
+
+def default_denoiser() -> MoDEConfig:
+    """Small enough to train on a CPU in minutes on Meta-World states (see the class docstring)."""
+    return MoDEConfig(width=128, depth=4, heads=4, num_experts=4, top_k=2)
+
+
+def default_normalization() -> dict[str, str]:
+    return {STATE_KEY: "mean_std", ACTION_KEY: "min_max"}
+
+
+@dataclass
+class MoDEPolicyConfig:
+    """A MoDE policy: observation/action layout, language conditioning, denoiser, training noise, sampler.
+
+    Defaults target state-based Meta-World (39-d state, 4-d action in [-1, 1]) on a CPU: a width-128,
+    4-layer denoiser with 4 experts (top-2), i.e. about 2.0M active of 3.6M parameters; a chunk of 10
+    actions of which 5 are executed before replanning; 10 DDIM steps on an exponential schedule from 80
+    to 0.05 (``num_inference_steps=5, sigma_min=1.0`` reproduces the MoDE release's evaluation setting).
+    """
+
+    # Observation and action layout.
+    state_dim: int = 39
+    action_dim: int = 4
+    n_obs_steps: int = 1  # states in the observation history, one token each
+    chunk_size: int = 10  # actions predicted per model call
+    n_action_steps: int = 5  # of which executed before predicting again (receding horizon)
+    # Language conditioning: "minilm" (offline all-MiniLM-L6-v2), "onehot" (needs tasks), "clip" (needs path).
+    language_encoder: str = "minilm"
+    language_encoder_path: str | None = None
+    tasks: list[str] = field(default_factory=list)
+    # Normalisation per feature: "mean_std", "min_max" (to [-1, 1]) or "identity".
+    normalization_mapping: dict[str, str] = field(default_factory=default_normalization)
+    # Clamp sampled actions to the data range before unnormalising (applies when actions are "min_max").
+    clip_sample: bool = True
+    # The denoiser's architecture; its interface fields are derived (module docstring).
+    denoiser: MoDEConfig = field(default_factory=default_denoiser)
+    # Training noise levels: "loglogistic" (MoDE) or "lognormal" (EDM), with optional parameters.
+    training_sigma_distribution: str = "loglogistic"
+    training_sigma_params: dict[str, float] = field(default_factory=dict)
+    # Sampling.
+    num_inference_steps: int = 10
+    sigma_min: float = 0.05
+    sigma_max: float = 80.0
+    schedule: str = "exponential"
+    sampler: str = "ddim"
+    use_expert_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.denoiser, dict):
+            self.denoiser = _denoiser_from_dict(self.denoiser)
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field (messages name the fix) and re-derive the denoiser's interface fields.
+
+        Runs on construction; the policy runs it again, so fields edited afterwards are checked too.
+        """
+        for name in ("state_dim", "action_dim", "n_obs_steps", "chunk_size", "n_action_steps"):
+            _check_positive_int(name, getattr(self, name))
+        _check_positive_int("num_inference_steps", self.num_inference_steps)
+        if self.n_action_steps > self.chunk_size:
+            raise ValueError(
+                f"MoDEPolicyConfig.n_action_steps ({self.n_action_steps}) cannot exceed chunk_size "
+                f"({self.chunk_size}): the policy executes actions from one predicted chunk before "
+                "predicting the next; lower n_action_steps or raise chunk_size"
+            )
+        self._validate_language()
+        self._validate_normalization()
+        for name in ("clip_sample", "use_expert_cache"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"MoDEPolicyConfig.{name} must be true or false, got {getattr(self, name)!r}"
+                )
+        if not isinstance(self.training_sigma_params, dict):
+            raise ValueError(
+                "MoDEPolicyConfig.training_sigma_params must be a dict of distribution parameters"
+            )
+        try:
+            self.sigma_distribution()
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"MoDEPolicyConfig training sigma distribution: {error}") from None
+        if self.sampler not in SAMPLERS:
+            raise ValueError(
+                f"MoDEPolicyConfig.sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}"
+            )
+        try:
+            self.sampling_sigmas()
+        except ValueError as error:
+            raise ValueError(
+                f"MoDEPolicyConfig sampling schedule (schedule, num_inference_steps, sigma_min, sigma_max): "
+                f"{error}"
+            ) from None
+        if not isinstance(self.denoiser, MoDEConfig):
+            raise ValueError(
+                f"MoDEPolicyConfig.denoiser must be a MoDEConfig (or a dict of its fields), got "
+                f"{type(self.denoiser).__name__}"
+            )
+        self.denoiser = replace(
+            self.denoiser,
+            action_dim=self.action_dim,
+            chunk_size=self.chunk_size,
+            obs_dim=self.state_dim,
+            num_obs_tokens=self.n_obs_steps,
+            num_goal_tokens=1,
+            goal_dim=self.goal_dim or self.denoiser.goal_dim,
+        )
+
+    def _validate_language(self) -> None:
+        if self.language_encoder not in LANGUAGE_ENCODERS:
+            raise ValueError(
+                f"MoDEPolicyConfig.language_encoder must be one of {list(LANGUAGE_ENCODERS)}, got "
+                f"{self.language_encoder!r}"
+            )
+        if not isinstance(self.tasks, list) or not all(isinstance(t, str) for t in self.tasks):
+            raise ValueError("MoDEPolicyConfig.tasks must be a list of task strings (e.g. dataset.tasks)")
+        if self.language_encoder == "onehot":
+            if not self.tasks:
+                raise ValueError(
+                    "MoDEPolicyConfig.language_encoder='onehot' needs tasks=[...] (the instructions, in "
+                    "task_index order, e.g. dataset.tasks)"
+                )
+            if len(set(self.tasks)) != len(self.tasks):
+                raise ValueError("MoDEPolicyConfig.tasks must be distinct for the one-hot encoder")
+        if self.language_encoder == "clip" and not self.language_encoder_path:
+            raise ValueError(
+                "MoDEPolicyConfig.language_encoder='clip' needs language_encoder_path=<local directory with "
+                "CLIP text weights and tokenizer>"
+            )
+
+    def _validate_normalization(self) -> None:
+        mapping = self.normalization_mapping
+        if not isinstance(mapping, dict):
+            raise ValueError("MoDEPolicyConfig.normalization_mapping must be a dict {feature: mode}")
+        for feature in (STATE_KEY, ACTION_KEY):
+            if feature not in mapping:
+                raise ValueError(
+                    f"MoDEPolicyConfig.normalization_mapping needs a mode for {feature!r} "
+                    f"(one of {list(NORMALIZATION_MODES)})"
+                )
+        for feature, mode in mapping.items():
+            if mode not in NORMALIZATION_MODES:
+                raise ValueError(
+                    f"MoDEPolicyConfig.normalization_mapping[{feature!r}] must be one of "
+                    f"{list(NORMALIZATION_MODES)}, got {mode!r}"
+                )
+
+    # Derived --------------------------------------------------------------------------------------------
+    @property
+    def goal_dim(self) -> int | None:
+        """Size of the instruction embedding, when known without loading the encoder."""
+        if self.language_encoder == "onehot":
+            return len(self.tasks)
+        if self.language_encoder == "minilm" and not self.language_encoder_path:
+            return MINILM_DIM
+        return None
+
+    def sigma_distribution(self):
+        """The training noise-level distribution (``.sample(shape, generator=..., device=...)``)."""
+        return make_sigma_distribution(self.training_sigma_distribution, **self.training_sigma_params)
+
+    def sampling_sigmas(self, **kwargs: Any):
+        """The sampler schedule, shape (num_inference_steps + 1,), ending in 0."""
+        return make_schedule(
+            self.schedule, self.num_inference_steps, self.sigma_min, self.sigma_max, **kwargs
+        )
+
+    # Serialisation ----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MoDEPolicyConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown MoDEPolicyConfig key(s) {unknown}; valid keys are: {', '.join(sorted(known))}"
+            )
+        values = dict(values)
+        if isinstance(values.get("denoiser"), dict):
+            values["denoiser"] = _denoiser_from_dict(values["denoiser"])
+        return cls(**values)
+
+    def save(self, path: str | Path) -> None:
+        """Write the config as JSON, atomically."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> MoDEPolicyConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no policy config at {path}; expected a config.json written by MoDEPolicy.save_pretrained"
+            )
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON ({error})") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} must hold a JSON object of MoDEPolicyConfig fields")
+        return cls.from_dict(values)
+
+
+def _denoiser_from_dict(values: dict[str, Any]) -> MoDEConfig:
+    try:
+        return MoDEConfig.from_dict(values)
+    except ValueError as error:
+        raise ValueError(f"MoDEPolicyConfig.denoiser: {error}") from None
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"MoDEPolicyConfig.{name} must be a positive integer, got {value!r}")

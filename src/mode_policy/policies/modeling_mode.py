@@ -1,0 +1,395 @@
+"""MoDEPolicy: normaliser + frozen language encoder + MoDE denoiser + sampler, as one policy.
+
+policy = MoDEPolicy(MoDEPolicyConfig(language_encoder="onehot", tasks=dataset.tasks), dataset.stats)
+loss, logs = policy.compute_loss(batch)              # batch as in .notes/CONTRACT.md (raw values)
+policy.eval(); policy.reset()
+action = policy.select_action({"observation.state": state, "task": [instruction]})   # (1, action_dim)
+policy.save_pretrained("run/policy"); policy = MoDEPolicy.from_pretrained("run/policy")
+
+Observation tokens are the ``n_obs_steps`` normalised states (one token each); the goal token is the
+instruction embedding. Goal dropout (``config.denoiser.goal_dropout``, 0.1 by default) is applied inside
+the denoiser's transformer to the projected goal token in training, as in the reference code, so it is
+not applied again here.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mode_policy.io import atomic_write, atomic_write_text
+from mode_policy.nn.denoiser import MoDEDenoiser
+from mode_policy.nn.encoders.language import LanguageEncoder, make_language_encoder
+from mode_policy.policies.configuration_mode import ACTION_KEY, STATE_KEY, MoDEPolicyConfig
+from mode_policy.policies.normalizer import Normalizer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+STATS_FILE = "stats.json"
+TASK_KEY = "task"
+
+
+class MoDEPolicy(nn.Module):
+    """A language-conditioned MoDE diffusion policy over state observations.
+
+    config: the policy config (validated again here). dataset_stats: LeRobot stats.json layout
+    ``{feature: {"mean", "std", "min", "max"}}`` (e.g. ``LeRobotDataset.stats``); needed to train, not to
+    load (``from_pretrained`` restores them). language_encoder: an already built encoder to use instead of
+    building ``config.language_encoder`` (e.g. to share one MiniLM between policies); its ``dim`` must
+    match. The encoder is not an ``nn.Module``: its weights are never saved, and it stays on the CPU
+    (its cached embeddings are moved to the policy's device).
+    """
+
+    name = "mode"
+
+    def __init__(
+        self,
+        config: MoDEPolicyConfig,
+        dataset_stats: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        language_encoder: LanguageEncoder | None = None,
+    ) -> None:
+        super().__init__()
+        config.validate()
+        if language_encoder is None:
+            language_encoder = make_language_encoder(
+                config.language_encoder, tasks=config.tasks, path=config.language_encoder_path
+            )
+        if config.goal_dim is not None and config.goal_dim != language_encoder.dim:
+            raise ValueError(
+                f"the language encoder gives {language_encoder.dim}-d embeddings but config "
+                f"language_encoder={config.language_encoder!r} implies {config.goal_dim}"
+            )
+        if config.denoiser.goal_dim != language_encoder.dim:
+            # CLIP (or a custom MiniLM path): the size is only known from the checkpoint.
+            config = replace(config, denoiser=replace(config.denoiser, goal_dim=language_encoder.dim))
+        self.config = config
+        self.language_encoder = language_encoder
+        self.dataset_stats = _stats_as_lists(dataset_stats, config.normalization_mapping)
+        self.normalizer = Normalizer(
+            dataset_stats,
+            config.normalization_mapping,
+            shapes={STATE_KEY: config.state_dim, ACTION_KEY: config.action_dim},
+        )
+        self.denoiser = MoDEDenoiser(config.denoiser)
+        self.sigma_distribution = config.sigma_distribution()
+        self._obs_queue: collections.deque[torch.Tensor] = collections.deque(maxlen=config.n_obs_steps)
+        self._action_queue: collections.deque[torch.Tensor] = collections.deque()
+
+    # Properties -----------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.denoiser.network.head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.denoiser.network.head.weight.dtype
+
+    def parameter_counts(self) -> dict[str, int]:
+        """The denoiser's total and active parameters (the frozen language encoder is not counted)."""
+        return self.denoiser.parameter_counts()
+
+    # Training -------------------------------------------------------------------------------------------
+    def compute_loss(
+        self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Diffusion loss (plus the router losses) on a batch of raw values.
+
+        batch: ``observation.state`` (B, n_obs_steps, state_dim), ``action`` (B, chunk_size, action_dim),
+        ``task`` list[str] of length B, optional ``action_is_pad`` (B, chunk_size): padded actions are left
+        out of the loss. ``observation_is_pad`` needs no handling: padded states repeat a real frame.
+        Returns the scalar loss to minimise and detached logs: ``loss``, ``diffusion``, ``load_balance``,
+        ``z_loss`` (scalars) and ``expert_fraction`` (layers, routed experts).
+        """
+        config = self.config
+        state = self._tensor(
+            batch, STATE_KEY, (config.n_obs_steps, config.state_dim), "(B, n_obs_steps, state_dim)"
+        )
+        batch_size = state.shape[0]
+        action = self._tensor(
+            batch,
+            ACTION_KEY,
+            (config.chunk_size, config.action_dim),
+            "(B, chunk_size, action_dim)",
+            batch_size,
+        )
+        tasks = _tasks(batch, batch_size)
+        mask = None
+        if batch.get("action_is_pad") is not None:
+            is_pad = torch.as_tensor(batch["action_is_pad"], device=self.device)
+            if tuple(is_pad.shape) != (batch_size, config.chunk_size):
+                raise ValueError(
+                    f"batch['action_is_pad'] must have shape (B={batch_size}, "
+                    f"chunk_size={config.chunk_size}), got {tuple(is_pad.shape)}"
+                )
+            mask = ~is_pad.bool()
+        obs = self.normalizer.normalize(STATE_KEY, state)  # (B, n_obs_steps, state_dim)
+        target = self.normalizer.normalize(ACTION_KEY, action)  # (B, chunk_size, action_dim)
+        goal = self._goal(tasks)  # (B, goal_dim)
+        sigma = self.sigma_distribution.sample(
+            (batch_size,), generator=generator, device=self.device, dtype=self.dtype
+        )
+        losses = self.denoiser.loss(target, obs, goal, sigma=sigma, action_mask=mask, generator=generator)
+        logs = {
+            "loss": losses.total.detach(),
+            "diffusion": losses.diffusion.detach(),
+            "load_balance": losses.load_balance.detach(),
+            "z_loss": losses.z_loss.detach(),
+            "expert_fraction": losses.expert_fraction.detach(),
+        }
+        return losses.total, logs
+
+    # Inference ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_action_chunk(
+        self, obs: Mapping[str, Any], *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Sample a chunk of actions in the data's units: (B, chunk_size, action_dim).
+
+        obs: ``observation.state`` (B, n_obs_steps, state_dim), or (B, state_dim) when n_obs_steps == 1;
+        ``task``: list[str] of length B (a single string is used for every row). Runs in eval mode
+        whatever the module's mode (deterministic routing, no dropout), with the expert cache when
+        ``config.use_expert_cache``. ``generator`` (on the policy's device) makes the draw reproducible.
+        """
+        config = self.config
+        state = self._inference_state(obs)  # (B, n_obs_steps, state_dim)
+        tasks = _tasks(obs, state.shape[0])
+        with self._eval_mode():
+            sigmas = config.sampling_sigmas(dtype=self.dtype, device=self.device)
+            actions = self.denoiser.sample_actions(
+                self.normalizer.normalize(STATE_KEY, state),
+                self._goal(tasks),
+                sigmas,
+                method=config.sampler,
+                generator=generator,
+                use_cache=config.use_expert_cache,
+            )  # (B, chunk_size, action_dim), normalised
+        if config.clip_sample and config.normalization_mapping[ACTION_KEY] == "min_max":
+            # The data lie in [-1, 1] after min_max; a sample outside is extrapolation past every demo.
+            actions = actions.clamp(-1.0, 1.0)
+        return self.normalizer.unnormalize(ACTION_KEY, actions)
+
+    @torch.no_grad()
+    def select_action(
+        self, obs: Mapping[str, Any], *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """One environment step: (B, action_dim) in the data's units.
+
+        obs: ``observation.state`` (B, state_dim) for the current step and ``task``. Keeps the last
+        n_obs_steps states (after ``reset`` the first state fills the history) and a queue of actions:
+        when the queue is empty a chunk is predicted and its first n_action_steps actions are queued, so
+        the model runs once every n_action_steps calls. Call ``reset()`` at every episode start.
+        """
+        config = self.config
+        state = self._current_state(obs)  # (B, state_dim)
+        if self._obs_queue and self._obs_queue[-1].shape[0] != state.shape[0]:
+            raise ValueError(
+                f"batch size changed from {self._obs_queue[-1].shape[0]} to {state.shape[0]} within an "
+                "episode; call policy.reset() before starting new episodes"
+            )
+        if not self._obs_queue:
+            self._obs_queue.extend([state] * config.n_obs_steps)
+        else:
+            self._obs_queue.append(state)
+        if not self._action_queue:
+            history = torch.stack(list(self._obs_queue), dim=1)  # (B, n_obs_steps, state_dim)
+            chunk = self.predict_action_chunk(
+                {STATE_KEY: history, TASK_KEY: obs.get(TASK_KEY)}, generator=generator
+            )
+            self._action_queue.extend(chunk[:, : config.n_action_steps].unbind(dim=1))
+        return self._action_queue.popleft()
+
+    def reset(self) -> None:
+        """Forget the observation history and the queued actions (call at every episode start)."""
+        self._obs_queue.clear()
+        self._action_queue.clear()
+
+    # Saving and loading ---------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config.json, model.safetensors (denoiser + normaliser buffers) and stats.json, atomically.
+
+        The language encoder's weights are not saved: it is frozen and rebuilt from the config's name.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
+        atomic_write(
+            directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"})
+        )
+        atomic_write_text(directory / STATS_FILE, json.dumps(self.dataset_stats or {}, indent=2) + "\n")
+        # The config goes last: a directory with a config.json is a complete one.
+        self.config.save(directory / CONFIG_FILE)
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        language_encoder: LanguageEncoder | None = None,
+    ) -> MoDEPolicy:
+        """Rebuild a policy written by ``save_pretrained``, in eval mode, on ``device``."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(
+                f"no policy directory at {directory}; pass a directory written by save_pretrained"
+            )
+        for name in (CONFIG_FILE, WEIGHTS_FILE, STATS_FILE):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(
+                    f"{directory} has no {name}; a saved MoDE policy holds {CONFIG_FILE}, {WEIGHTS_FILE} and "
+                    f"{STATS_FILE} (written by MoDEPolicy.save_pretrained)"
+                )
+        config = MoDEPolicyConfig.load(directory / CONFIG_FILE)
+        try:
+            stats = json.loads((directory / STATS_FILE).read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{directory / STATS_FILE} is not valid JSON ({error})") from None
+        try:
+            policy = cls(config, stats or None, language_encoder=language_encoder)
+        except (KeyError, ValueError) as error:
+            raise ValueError(
+                f"{directory / STATS_FILE} does not fit {directory / CONFIG_FILE}: {error}"
+            ) from None
+        expected = {k: v.clone() for k, v in policy.normalizer.state_dict().items()} if stats else None
+        weights_path, config_path = directory / WEIGHTS_FILE, directory / CONFIG_FILE
+        weights = load_file(str(weights_path))
+        own = policy.state_dict()
+        missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+        resized = [k for k in sorted(set(own) & set(weights)) if own[k].shape != weights[k].shape]
+        if missing or unexpected or resized:
+            details = [
+                f"{label} {keys[:3]}{' ...' if len(keys) > 3 else ''}"
+                for label, keys in (("missing", missing), ("unexpected", unexpected), ("resized", resized))
+                if keys
+            ]
+            raise ValueError(
+                f"{weights_path} does not match {config_path} ({'; '.join(details)}); was config.json "
+                "edited after saving?"
+            )
+        policy.load_state_dict(weights)
+        if expected is not None:
+            loaded = policy.normalizer.state_dict()
+            for key, value in expected.items():
+                if not torch.allclose(value, loaded[key], rtol=1e-5, atol=1e-6, equal_nan=True):
+                    raise ValueError(
+                        f"{directory / STATS_FILE} disagrees with the normaliser saved in {weights_path} "
+                        f"({key}); was one of them replaced after saving?"
+                    )
+        return policy.to(device).eval()
+
+    # Helpers ---------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
+    def _goal(self, tasks: list[str]) -> torch.Tensor:
+        """(B,) instructions -> (B, goal_dim) embeddings on the policy's device."""
+        return self.language_encoder.encode(tasks).to(device=self.device, dtype=self.dtype)
+
+    def _tensor(
+        self,
+        batch: Mapping[str, Any],
+        key: str,
+        tail: tuple[int, ...],
+        described: str,
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """batch[key] as a tensor on the policy's device and dtype, checked to be (B, *tail)."""
+        if key not in batch:
+            raise KeyError(
+                f"batch has no {key!r}; expected {key!r} of shape {described}, got keys {sorted(batch)}"
+            )
+        value = torch.as_tensor(batch[key])
+        if (
+            value.dim() != 1 + len(tail)
+            or tuple(value.shape[1:]) != tail
+            or (batch_size is not None and value.shape[0] != batch_size)
+        ):
+            expected = ", ".join(str(n) for n in ("B" if batch_size is None else batch_size, *tail))
+            raise ValueError(
+                f"{key!r} must have shape {described} = ({expected}), got {tuple(value.shape)}; check "
+                "MoDEPolicyConfig (state_dim, action_dim, n_obs_steps, chunk_size) against the data"
+            )
+        return value.to(device=self.device, dtype=self.dtype)
+
+    def _inference_state(self, obs: Mapping[str, Any]) -> torch.Tensor:
+        """obs['observation.state'] as (B, n_obs_steps, state_dim), finite."""
+        config = self.config
+        if STATE_KEY not in obs:
+            raise KeyError(f"observation has no {STATE_KEY!r}; got keys {sorted(obs)}")
+        state = torch.as_tensor(obs[STATE_KEY])
+        if config.n_obs_steps == 1 and state.dim() == 2:
+            state = state.unsqueeze(1)
+        expected = (config.n_obs_steps, config.state_dim)
+        if state.dim() != 3 or tuple(state.shape[1:]) != expected:
+            accepted = f"(B, {config.n_obs_steps}, {config.state_dim})"
+            if config.n_obs_steps == 1:
+                accepted += f" or (B, {config.state_dim})"
+            raise ValueError(
+                f"{STATE_KEY!r} must have shape {accepted} (n_obs_steps, state_dim), got "
+                f"{tuple(torch.as_tensor(obs[STATE_KEY]).shape)}"
+            )
+        return _finite(state, STATE_KEY).to(device=self.device, dtype=self.dtype)
+
+    def _current_state(self, obs: Mapping[str, Any]) -> torch.Tensor:
+        """obs['observation.state'] of one env step as (B, state_dim), finite."""
+        if STATE_KEY not in obs:
+            raise KeyError(f"observation has no {STATE_KEY!r}; got keys {sorted(obs)}")
+        state = torch.as_tensor(obs[STATE_KEY])
+        if state.dim() != 2 or state.shape[1] != self.config.state_dim:
+            raise ValueError(
+                f"select_action takes {STATE_KEY!r} of the current step with shape (B, "
+                f"state_dim={self.config.state_dim}), got {tuple(state.shape)} (the policy keeps the history)"
+            )
+        return _finite(state, STATE_KEY).to(device=self.device, dtype=self.dtype)
+
+
+def _finite(tensor: torch.Tensor, key: str) -> torch.Tensor:
+    if not tensor.is_floating_point():
+        tensor = tensor.float()
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{key!r} contains NaN or inf values (shape {tuple(tensor.shape)})")
+    return tensor
+
+
+def _tasks(batch: Mapping[str, Any], batch_size: int) -> list[str]:
+    """batch['task'] as a list of B strings (a single string is repeated)."""
+    tasks = batch.get(TASK_KEY)
+    if tasks is None:
+        raise KeyError(f"batch has no {TASK_KEY!r}: a list of {batch_size} instruction strings")
+    if isinstance(tasks, str):
+        return [tasks] * batch_size
+    if not isinstance(tasks, Sequence) or len(tasks) != batch_size:
+        got = len(tasks) if isinstance(tasks, Sequence) else type(tasks).__name__
+        raise ValueError(f"{TASK_KEY!r} must be a list of {batch_size} instruction strings, got {got}")
+    return list(tasks)
+
+
+def _stats_as_lists(
+    stats: Mapping[str, Mapping[str, Any]] | None, mapping: Mapping[str, str]
+) -> dict[str, dict[str, Any]] | None:
+    """The stats of the features this policy normalises, JSON-ready (numpy arrays -> lists)."""
+    if stats is None:
+        return None
+    return {
+        feature: {name: np.asarray(value).tolist() for name, value in stats[feature].items()}
+        for feature in mapping
+        if feature in stats
+    }
