@@ -145,3 +145,22 @@ def test_stage_config_errors_name_the_fix():
         MoDEConfig(router_input="stage", stage_boundaries=[2.0, 0.3])
     with pytest.raises(ValueError, match="strictly decreasing"):
         MoDEConfig(router_input="stage", stage_boundaries=[0.3, 2.0], num_experts=3, top_k=1)
+
+
+@pytest.mark.parametrize("name", ["mode", "token", "stage", "task"])
+def test_expert_usage_is_measured_per_step_and_plotted(name, tmp_path):
+    from mode_policy.nn.usage import expert_usage, plot_expert_usage
+
+    denoiser = tiny_denoiser(**VARIANTS[name]).eval()
+    _, obs, goal = random_inputs(denoiser.config, 3)
+    usage = expert_usage(denoiser, obs, goal, SIGMAS)
+    experts = denoiser.network.blocks[0].moe.experts.num_experts
+    assert usage.shape == (len(SIGMAS) - 1, denoiser.config.depth, experts)
+    torch.testing.assert_close(usage.sum(-1), torch.ones(usage.shape[:2]))
+    if name in ("mode", "stage"):  # one routing per step: usage equals the cache's choice
+        routes = denoiser.cache_experts(SIGMAS).expert_ids()
+        for step, layers in enumerate(routes):
+            for layer, ids in enumerate(layers):
+                assert set(torch.nonzero(usage[step, layer]).flatten().tolist()) == set(ids)
+    png = plot_expert_usage(usage, SIGMAS, tmp_path / "usage.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"

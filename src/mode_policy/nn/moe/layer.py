@@ -65,6 +65,9 @@ class MoELayer(nn.Module):
         )
         self.experts = None if config.is_dense else GroupedSwiGLU(config.routed_experts, dim, hidden)
         self.shared_expert = SwiGLU(dim, hidden) if config.shared_expert else None
+        # When a list, every forward appends the (routed experts,) share of gate weight each expert got;
+        # mode_policy.nn.usage turns it into per-step usage tables and heatmaps.
+        self.usage_log: list[torch.Tensor] | None = None
         if self.routing == "fixed" and not config.is_dense:
             # Set by extract_task_model; a buffer so it is saved with the weights.
             self.register_buffer(
@@ -97,8 +100,14 @@ class MoELayer(nn.Module):
         stats = None
         if cached_route is not None:
             out = self._run_cached(flat, cached_route)
+            self._log_usage(
+                torch.tensor([cached_route.expert_ids]), torch.tensor([cached_route.expert_weights])
+            )
         elif self.routing == "fixed":
             out = (self.fixed_weights.view(-1, 1, 1) * self.experts.forward_all(flat)).sum(dim=0)
+            self._log_usage(
+                torch.arange(self.experts.num_experts).unsqueeze(0), self.fixed_weights.unsqueeze(0)
+            )
         else:
             sample = self.training and self.stochastic_routing and self.routing != "stage"
             if self.routing != "token" and route_context.shape[0] == 1 and not sample:
@@ -114,11 +123,23 @@ class MoELayer(nn.Module):
                 out, tokens_per_expert = dispatch_to_experts(
                     flat, routing.expert_ids, routing.expert_weights, self.experts
                 )
+            self._log_usage(routing.expert_ids, routing.expert_weights)
             if need_stats:
                 stats = self._stats(routing, tokens_per_expert)
         if self.shared_expert is not None:
             out = out + self.shared_expert(flat)
         return out.reshape(batch, tokens, dim), stats
+
+    def _log_usage(self, expert_ids: torch.Tensor, expert_weights: torch.Tensor) -> None:
+        """expert_ids, expert_weights: (rows, k); rows that share a routing count once, which is exact here
+        because every row of one call stands for the same number of tokens."""
+        if self.usage_log is None:
+            return
+        mass = torch.zeros(self.experts.num_experts, dtype=torch.float64)
+        mass.index_add_(
+            0, expert_ids.detach().flatten().cpu(), expert_weights.detach().flatten().double().cpu()
+        )
+        self.usage_log.append(mass / expert_ids.shape[0])
 
     def _route_tokens(
         self,
