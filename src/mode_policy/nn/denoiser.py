@@ -233,6 +233,13 @@ class MoDEDenoiser(nn.Module):
             )
         model = cls(MoDEConfig.load(directory / CONFIG_FILE))
         state = load_file(str(weights), device=str(device))
+        expected = model.state_dict()
+        wrong_shape = [n for n, t in state.items() if n in expected and t.shape != expected[n].shape]
+        if wrong_shape:
+            raise ValueError(
+                f"{weights} does not match {directory / CONFIG_FILE}: {wrong_shape[:5]} have other shapes "
+                "than the config gives; was config.json edited after saving?"
+            )
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(

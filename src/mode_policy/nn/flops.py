@@ -69,10 +69,9 @@ def count_chunk_macs(
     goal = torch.zeros(batch_size, config.num_goal_tokens, config.goal_dim, **make)
     was_training = denoiser.training
     denoiser.eval()
-    if use_cache:
-        denoiser.cache_experts(
-            sigmas
-        )  # built outside the counter: it is paid once per schedule, not per chunk
+    use_cache = use_cache and denoiser.config.cacheable
+    if use_cache:  # built outside the counter: it is paid once per schedule, not per chunk
+        denoiser.cache_experts(sigmas)
     counter = FlopCounterMode(display=False)
     with counter:
         denoiser.sample_actions(obs, goal, sigmas, method=method, use_cache=use_cache)

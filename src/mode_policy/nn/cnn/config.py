@@ -1,0 +1,184 @@
+"""Configuration of the CNN Diffusion Policy baseline: a typed dataclass, validated, saved as JSON.
+
+The interface fields (``action_dim`` ... ``num_goal_tokens``, ``sigma_data``, ``goal_dropout``) mean the
+same as in :class:`mode_policy.nn.config.MoDEConfig`, so a policy can swap one denoiser for the other.
+The saved JSON carries ``"kind": "cnn"`` so that a loader can tell a CNN checkpoint from a MoDE one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from mode_policy.io import atomic_write_text
+from mode_policy.nn.config import MoDEConfig
+
+KIND_KEY = "kind"
+
+
+@dataclass
+class CNNDenoiserConfig:
+    """Chi et al. (2023) Diffusion Policy's 1-D temporal U-Net with FiLM conditioning, under EDM.
+
+    ``down_dims``: channels of each U-Net level (the first level keeps the chunk's length, each further
+    level halves it). Diffusion Policy's paper default is (256, 512, 1024); (128, 256, 512) here suits
+    state-only benchmarks. The chunk is padded internally (zeros at its end, cropped from the output) up
+    to a multiple of ``downsample_factor = 2 ** (len(down_dims) - 1)``, so any ``chunk_size`` works;
+    ``padded_chunk_size`` is the length the convolutions see.
+
+    Conditioning: EDM's ``c_noise = ln(sigma) / 4`` goes through fixed sinusoidal features and an MLP to a
+    ``cond_embed_dim`` vector, which is concatenated with the flattened observation tokens and goal tokens
+    into the global condition that every residual block turns into a FiLM scale and bias.
+    ``goal_dropout``: dropout on the goal features in training (as MoDE drops its goal token's features).
+    """
+
+    kind: ClassVar[str] = "cnn"
+
+    # Interface: what goes in and comes out (same meaning as MoDEConfig).
+    action_dim: int = 4
+    chunk_size: int = 10
+    obs_dim: int = 39
+    num_obs_tokens: int = 1
+    goal_dim: int = 384
+    num_goal_tokens: int = 1
+    # U-Net.
+    down_dims: tuple[int, ...] = (128, 256, 512)
+    kernel_size: int = 5
+    n_groups: int = 8
+    cond_embed_dim: int = 256
+    goal_dropout: float = 0.1
+    # Diffusion.
+    sigma_data: float = 0.5
+
+    def __post_init__(self) -> None:
+        positive = [
+            "action_dim",
+            "chunk_size",
+            "obs_dim",
+            "num_obs_tokens",
+            "goal_dim",
+            "num_goal_tokens",
+            "kernel_size",
+            "n_groups",
+            "cond_embed_dim",
+        ]
+        for name in positive:
+            _check_positive_int(name, getattr(self, name))
+        if isinstance(self.down_dims, int) or not isinstance(self.down_dims, (list, tuple)):
+            raise ValueError(
+                f"CNNDenoiserConfig.down_dims must be a non-empty list of channel counts, e.g. "
+                f"(128, 256, 512), got {self.down_dims!r}"
+            )
+        self.down_dims = tuple(self.down_dims)
+        if not self.down_dims:
+            raise ValueError("CNNDenoiserConfig.down_dims must hold at least one level, e.g. (128, 256, 512)")
+        for level, channels in enumerate(self.down_dims):
+            _check_positive_int(f"down_dims[{level}]", channels)
+            if channels % self.n_groups:
+                raise ValueError(
+                    f"CNNDenoiserConfig.down_dims[{level}] = {channels} must be divisible by n_groups "
+                    f"({self.n_groups}) for GroupNorm; use multiples of {self.n_groups} or lower n_groups"
+                )
+        if self.kernel_size % 2 == 0:
+            raise ValueError(
+                f"CNNDenoiserConfig.kernel_size must be odd so that convolutions keep the chunk length, "
+                f"got {self.kernel_size}; try {self.kernel_size + 1}"
+            )
+        if self.cond_embed_dim % 2:
+            raise ValueError(
+                "CNNDenoiserConfig.cond_embed_dim must be even (sin and cos halves), "
+                f"got {self.cond_embed_dim}"
+            )
+        if not 0.0 <= self.goal_dropout < 1.0:
+            raise ValueError(f"CNNDenoiserConfig.goal_dropout must be in [0, 1), got {self.goal_dropout}")
+        if not (math.isfinite(self.sigma_data) and self.sigma_data > 0):
+            raise ValueError(f"CNNDenoiserConfig.sigma_data must be > 0, got {self.sigma_data}")
+
+    # Derived quantities -------------------------------------------------------------------------------
+    @property
+    def cacheable(self) -> bool:
+        """Always False: a CNN has no experts, so there is nothing to cache per sampler step."""
+        return False
+
+    @property
+    def is_dense(self) -> bool:
+        """Always True: every parameter runs for every input."""
+        return True
+
+    @property
+    def downsample_factor(self) -> int:
+        """How much the deepest U-Net level shortens the chunk: ``2 ** (len(down_dims) - 1)``."""
+        return 2 ** (len(self.down_dims) - 1)
+
+    @property
+    def padded_chunk_size(self) -> int:
+        """``chunk_size`` rounded up to a multiple of ``downsample_factor``: what the convolutions see."""
+        factor = self.downsample_factor
+        return -(-self.chunk_size // factor) * factor
+
+    @property
+    def global_cond_dim(self) -> int:
+        """Flattened observation and goal features, the non-noise part of the FiLM condition."""
+        return self.num_obs_tokens * self.obs_dim + self.num_goal_tokens * self.goal_dim
+
+    # Serialisation ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The fields (``down_dims`` as a list, as JSON has it) plus ``"kind": "cnn"``."""
+        values = asdict(self)
+        values["down_dims"] = list(self.down_dims)
+        return {KIND_KEY: self.kind, **values}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CNNDenoiserConfig:
+        """Build from ``to_dict`` output; ``"kind"`` may be left out but must be ``"cnn"`` when present."""
+        values = dict(values)
+        kind = values.pop(KIND_KEY, cls.kind)
+        if kind != cls.kind:
+            raise ValueError(
+                f"this config is for a denoiser of kind {kind!r}, not {cls.kind!r}; load it with that "
+                "denoiser's class (or mode_policy.nn.cnn.load_denoiser, which picks the class)"
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            hint = ""
+            mode_fields = {f.name for f in fields(MoDEConfig)}
+            if set(unknown) <= mode_fields:
+                hint = (
+                    " (they are MoDEConfig fields: this looks like a MoDE transformer config; load it with "
+                    "MoDEDenoiser.from_pretrained or mode_policy.nn.cnn.load_denoiser)"
+                )
+            raise ValueError(
+                f"unknown CNNDenoiserConfig key(s) {unknown}{hint}; valid keys are: "
+                f"{', '.join(sorted(known | {KIND_KEY}))}"
+            )
+        return cls(**values)
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> CNNDenoiserConfig:
+        return cls.from_dict(read_config_json(path, "CNNDenoiserConfig"))
+
+
+def read_config_json(path: str | Path, saved_by: str) -> dict[str, Any]:
+    """The JSON object in ``path``, with errors that say what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no config file at {path}; expected a config.json saved by {saved_by}.save")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); re-save it with {saved_by}.save") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a JSON object of {saved_by} fields")
+    return values
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"CNNDenoiserConfig.{name} must be a positive integer, got {value!r}")
