@@ -7,8 +7,10 @@ from copy import deepcopy
 import pytest
 import torch
 
+from mode_policy.nn import MoDEConfig
+from mode_policy.nn.cnn import CNNDenoiserConfig
 from mode_policy.policies import MoDEPolicy
-from tests.policies.common import TASKS, make_batch, make_obs, tiny_config, tiny_policy, tiny_stats
+from tests.policies.common import STATE_DIM, TASKS, make_batch, make_obs, tiny_config, tiny_policy, tiny_stats
 
 
 def generator(seed: int = 0) -> torch.Generator:
@@ -266,3 +268,27 @@ def test_minilm_policy_builds_without_loading_the_language_model():
     policy = MoDEPolicy(config, tiny_stats())
     assert config.denoiser.goal_dim == 384 and policy.denoiser.config.goal_dim == 384
     assert not policy.language_encoder.loaded
+
+
+@pytest.mark.parametrize(
+    "denoiser",
+    [
+        CNNDenoiserConfig(down_dims=[16, 32], n_groups=4, cond_embed_dim=16, goal_dropout=0.0),
+        MoDEConfig(width=32, depth=2, heads=4, router_input="task", goal_dropout=0.0),
+        MoDEConfig(
+            width=32, depth=2, heads=4, router_input="stage", stage_boundaries=[1.0], num_experts=2, top_k=1
+        ),
+    ],
+    ids=["cnn", "task_routing", "stage"],
+)
+def test_policy_with_other_denoisers_trains_saves_and_reloads(denoiser, tmp_path):
+    policy = tiny_policy(denoiser=denoiser)
+    loss, _ = policy.compute_loss(make_batch(policy.config))
+    loss.backward()
+    policy.save_pretrained(tmp_path)
+    reloaded = MoDEPolicy.from_pretrained(tmp_path)
+    assert type(reloaded.denoiser) is type(policy.denoiser)
+    obs = {"observation.state": torch.zeros(2, STATE_DIM), "task": [TASKS[0], TASKS[1]]}
+    first = policy.predict_action_chunk(obs, generator=torch.Generator().manual_seed(0))
+    second = reloaded.predict_action_chunk(obs, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(first, second, atol=0, rtol=0)

@@ -21,6 +21,7 @@ from mode_policy.diffusion.noise_distributions import make_sigma_distribution
 from mode_policy.diffusion.samplers import SAMPLERS
 from mode_policy.diffusion.schedules import make_schedule
 from mode_policy.io import atomic_write_text
+from mode_policy.nn.cnn.config import CNNDenoiserConfig
 from mode_policy.nn.config import MoDEConfig
 from mode_policy.nn.encoders.language import LANGUAGE_ENCODERS, MINILM_DIM
 from mode_policy.policies.normalizer import NORMALIZATION_MODES
@@ -62,8 +63,9 @@ class MoDEPolicyConfig:
     normalization_mapping: dict[str, str] = field(default_factory=default_normalization)
     # Clamp sampled actions to the data range before unnormalising (applies when actions are "min_max").
     clip_sample: bool = True
-    # The denoiser's architecture; its interface fields are derived (module docstring).
-    denoiser: MoDEConfig = field(default_factory=default_denoiser)
+    # The denoiser's architecture; its interface fields are derived (module docstring). A MoDEConfig covers
+    # MoDE and every routing variant (README "Routing variants"); a CNNDenoiserConfig is the CNN baseline.
+    denoiser: MoDEConfig | CNNDenoiserConfig = field(default_factory=default_denoiser)
     # Training noise levels: "loglogistic" (MoDE) or "lognormal" (EDM), with optional parameters.
     training_sigma_distribution: str = "loglogistic"
     training_sigma_params: dict[str, float] = field(default_factory=dict)
@@ -120,10 +122,10 @@ class MoDEPolicyConfig:
                 f"MoDEPolicyConfig sampling schedule (schedule, num_inference_steps, sigma_min, sigma_max): "
                 f"{error}"
             ) from None
-        if not isinstance(self.denoiser, MoDEConfig):
+        if not isinstance(self.denoiser, (MoDEConfig, CNNDenoiserConfig)):
             raise ValueError(
-                f"MoDEPolicyConfig.denoiser must be a MoDEConfig (or a dict of its fields), got "
-                f"{type(self.denoiser).__name__}"
+                f"MoDEPolicyConfig.denoiser must be a MoDEConfig or a CNNDenoiserConfig (or a dict of its "
+                f'fields, with "kind": "cnn" for the CNN), got {type(self.denoiser).__name__}'
             )
         self.denoiser = replace(
             self.denoiser,
@@ -196,7 +198,9 @@ class MoDEPolicyConfig:
 
     # Serialisation ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        values["denoiser"] = self.denoiser.to_dict()  # the CNN's adds its "kind" marker
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MoDEPolicyConfig:
@@ -231,8 +235,10 @@ class MoDEPolicyConfig:
         return cls.from_dict(values)
 
 
-def _denoiser_from_dict(values: dict[str, Any]) -> MoDEConfig:
+def _denoiser_from_dict(values: dict[str, Any]) -> MoDEConfig | CNNDenoiserConfig:
     try:
+        if values.get("kind") == "cnn":
+            return CNNDenoiserConfig.from_dict(values)
         return MoDEConfig.from_dict(values)
     except ValueError as error:
         raise ValueError(f"MoDEPolicyConfig.denoiser: {error}") from None

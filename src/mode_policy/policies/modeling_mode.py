@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mode_policy.io import atomic_write, atomic_write_text
+from mode_policy.nn.cnn import CNNDenoiser, CNNDenoiserConfig
 from mode_policy.nn.denoiser import MoDEDenoiser
 from mode_policy.nn.encoders.language import LanguageEncoder, make_language_encoder
 from mode_policy.policies.configuration_mode import ACTION_KEY, STATE_KEY, MoDEPolicyConfig
@@ -81,7 +82,8 @@ class MoDEPolicy(nn.Module):
             config.normalization_mapping,
             shapes={STATE_KEY: config.state_dim, ACTION_KEY: config.action_dim},
         )
-        self.denoiser = MoDEDenoiser(config.denoiser)
+        denoiser_class = CNNDenoiser if isinstance(config.denoiser, CNNDenoiserConfig) else MoDEDenoiser
+        self.denoiser = denoiser_class(config.denoiser)
         self.sigma_distribution = config.sigma_distribution()
         self._obs_queue: collections.deque[torch.Tensor] = collections.deque(maxlen=config.n_obs_steps)
         self._action_queue: collections.deque[torch.Tensor] = collections.deque()
