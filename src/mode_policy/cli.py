@@ -42,6 +42,145 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def collect(args: argparse.Namespace) -> int:
+    """Record Meta-World scripted-expert demonstrations into a LeRobotDataset v3."""
+    from mode_policy.data.collect import collect_demonstrations
+    from mode_policy.data.lerobot import LeRobotDataset
+
+    try:
+        out = collect_demonstrations(
+            args.out,
+            suite=args.suite,
+            tasks=args.tasks,
+            episodes_per_task=args.episodes_per_task,
+            seed=args.seed,
+            keep_failed=args.keep_failed,
+            progress=True,
+            workers=args.workers,
+            overwrite=args.overwrite,
+        )
+    except (ValueError, FileExistsError) as err:  # bad task names, existing output: a message, no traceback
+        print(f"mode-policy collect: error: {err}", file=sys.stderr)
+        return 2
+    dataset = LeRobotDataset(out)
+    print(
+        f"wrote {dataset.num_episodes} episodes, {dataset.num_frames} frames, {len(dataset.tasks)} tasks "
+        f"at {dataset.fps} fps to {out}"
+    )
+    return 0
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """Train a MoDE policy on a LeRobot dataset (Lightning; resumable; DDP by flags)."""
+    from mode_policy.training.train import train
+
+    try:
+        run = train(
+            args.dataset,
+            args.out,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            resume=args.resume,
+            policy_overrides=args.set or None,
+            devices=int(args.devices) if args.devices.isdigit() else args.devices,
+            num_nodes=args.num_nodes,
+            strategy=args.strategy,
+            precision=args.precision,
+            lr=args.lr,
+            checkpoint_every=args.checkpoint_every,
+            max_minutes=args.max_minutes,
+            num_workers=args.num_workers,
+        )
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        print(f"mode-policy train: error: {err}", file=sys.stderr)
+        return 2
+    print(f"policy (EMA weights) saved to {run / 'policy'}; learning curve {run / 'learning_curve.png'}")
+    return 0
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    """Evaluate a policy on Meta-World with seeded episodes; print and save the success table."""
+    from mode_policy.evaluation.rollout import evaluate
+
+    try:
+        results = evaluate(
+            args.policy,
+            suite=args.suite,
+            tasks=args.tasks,
+            episodes_per_task=args.episodes_per_task,
+            seed=args.seed,
+            num_workers=args.workers,
+            video_dir=args.video_dir,
+            use_expert_cache=False if args.no_expert_cache else None,
+            out_dir=args.out,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        print(f"mode-policy eval: error: {err}", file=sys.stderr)
+        return 2
+    if "results_dir" in results:
+        print(f"results written to {results['results_dir']}")
+    return 0
+
+
+def quickstart_command(args: argparse.Namespace) -> int:
+    """Collect MT10 demos, train a small MoDE policy and evaluate it, within a time budget."""
+    from mode_policy.training.quickstart import quickstart
+
+    try:
+        quickstart(minutes=args.minutes, out=args.out, seed=args.seed)
+    except (ValueError, FileExistsError, RuntimeError) as err:
+        print(f"mode-policy quickstart: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_training_commands(commands: argparse._SubParsersAction) -> None:
+    train_parser = commands.add_parser("train", help="train a MoDE policy on a LeRobot dataset")
+    train_parser.add_argument("--dataset", required=True, help="LeRobotDataset v3 folder")
+    train_parser.add_argument("--out", required=True, help="run directory (checkpoints, logs, policy/)")
+    train_parser.add_argument("--steps", type=int, default=None, help="optimizer steps in total (20000)")
+    train_parser.add_argument("--batch-size", type=int, default=None, help="per device (256)")
+    train_parser.add_argument("--seed", type=int, default=None, help="(0)")
+    train_parser.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (3e-4)")
+    train_parser.add_argument("--resume", action="store_true", help="continue RUN from its last checkpoint")
+    train_parser.add_argument("--devices", default="1", help="devices per node, or 'auto'")
+    train_parser.add_argument("--num-nodes", type=int, default=1)
+    train_parser.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp")
+    train_parser.add_argument(
+        "--precision",
+        default="auto",
+        help="auto (bf16-mixed on bf16 GPUs, else 32-true) or a Lightning value",
+    )
+    train_parser.add_argument("--checkpoint-every", type=int, default=None, help="steps (1000)")
+    train_parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock training budget")
+    train_parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    train_parser.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="policy config override, e.g. denoiser.width=64"
+    )
+    train_parser.set_defaults(run=train_command)
+
+    eval_parser = commands.add_parser("eval", help="evaluate a policy on Meta-World MT10 / MT50")
+    eval_parser.add_argument("--policy", required=True, help="run dir, save_pretrained dir, or shipped name")
+    eval_parser.add_argument("--suite", choices=["mt10", "mt50"], default="mt10")
+    eval_parser.add_argument("--tasks", default=None, help="comma-separated subset, e.g. reach-v3,push-v3")
+    eval_parser.add_argument("--episodes-per-task", type=int, default=10)
+    eval_parser.add_argument("--seed", type=int, default=0, help="base seed of the evaluation placements")
+    eval_parser.add_argument("--workers", type=int, default=2, help="environment processes")
+    eval_parser.add_argument("--video-dir", default=None, help="MP4 of each task's first episode (libosmesa)")
+    eval_parser.add_argument("--no-expert-cache", action="store_true", help="route at every step instead")
+    eval_parser.add_argument("--out", default=None, help="results folder (default RUN/eval/<suite>-seed<S>)")
+    eval_parser.set_defaults(run=eval_command)
+
+    quick_parser = commands.add_parser(
+        "quickstart", help="collect MT10 demos, train a small MoDE policy, evaluate it (<= --minutes)"
+    )
+    quick_parser.add_argument("--minutes", type=float, default=10.0, help="total wall-clock budget")
+    quick_parser.add_argument("--out", default="runs/quickstart")
+    quick_parser.add_argument("--seed", type=int, default=0)
+    quick_parser.set_defaults(run=quickstart_command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mode-policy", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -52,6 +191,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--seed", type=int, default=0)
     demo_parser.add_argument("--json", action="store_true", help="also print a JSON summary line")
     demo_parser.set_defaults(run=demo)
+    collect_parser = commands.add_parser(
+        "collect", help="record Meta-World scripted-expert demos into a LeRobotDataset v3 folder"
+    )
+    collect_parser.add_argument("--suite", choices=["mt10", "mt50"], default="mt10")
+    collect_parser.add_argument("--tasks", default=None, help="comma-separated subset, e.g. reach-v3,push-v3")
+    collect_parser.add_argument("--episodes-per-task", type=int, default=50)
+    collect_parser.add_argument("--out", required=True, help="dataset folder to create (must not exist)")
+    collect_parser.add_argument("--seed", type=int, default=0, help="base seed of the demo goal placements")
+    collect_parser.add_argument("--keep-failed", action="store_true", help="also keep episodes that failed")
+    collect_parser.add_argument(
+        "--workers", type=int, default=1, help="processes collecting tasks in parallel"
+    )
+    collect_parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing dataset at --out"
+    )
+    collect_parser.set_defaults(run=collect)
+    _add_training_commands(commands)
     return parser
 
 

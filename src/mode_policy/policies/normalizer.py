@@ -72,7 +72,8 @@ class Normalizer(nn.Module):
             self._names[feature] = key
             self.features[key] = _FeatureStats(offset, scale)
         # Loading new buffers (from_pretrained, load_state_dict) must re-run the "stats present" check.
-        self.register_load_state_dict_post_hook(lambda module, keys: module._verified.clear())
+        # A module-level function, not a lambda: the policy must stay picklable (ddp_spawn, deepcopy).
+        self.register_load_state_dict_post_hook(_forget_verification)
 
     def normalize(self, feature: str, x: torch.Tensor) -> torch.Tensor:
         """x: (..., size) raw -> (..., size) normalised."""
@@ -158,3 +159,7 @@ def _affine(
     threshold = eps if mode == "mean_std" else eps / 2
     scale = torch.where(scale < threshold, torch.ones_like(scale), scale)
     return offset.float(), scale.float()
+
+
+def _forget_verification(module: Normalizer, incompatible_keys) -> None:
+    module._verified.clear()

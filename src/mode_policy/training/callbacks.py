@@ -1,0 +1,182 @@
+"""Lightning callbacks of a training run: EMA weights, atomic checkpoints, the loss history, the step bar."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar, WeightAveraging
+
+from mode_policy.io import atomic_write_text
+
+
+def ema_multi_avg_fn(decay: float):
+    """``AveragedModel`` multi-tensor EMA with warmup: decay_n = min(decay, (1 + n) / (10 + n)).
+
+    n is the number of averages taken so far. The warmup keeps a short run's EMA from being dominated by the
+    random initialisation (with a fixed 0.999, 1000 steps leave 37% of the initial weights in the average).
+    """
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: Any) -> None:
+        n = int(num_averaged)
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        floats = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], weight)
+        for a, c in zip(averaged, current, strict=True):
+            if not a.is_floating_point():
+                a.copy_(c)
+
+    return update
+
+
+class EMA(WeightAveraging):
+    """Lightning's ``WeightAveraging`` with a warmed-up EMA, updated after every optimizer step.
+
+    Checkpoints hold the EMA weights as ``state_dict`` and the raw weights as ``current_model_state``
+    (Lightning's layout, restored exactly on resume); when training ends the model holds the EMA weights,
+    which are the ones evaluated and exported.
+    """
+
+    def __init__(self, decay: float = 0.999) -> None:
+        super().__init__(multi_avg_fn=ema_multi_avg_fn(decay), use_buffers=True)
+        self.decay = decay
+
+
+class AtomicCheckpoint(Checkpoint):
+    """Writes ``dirpath/last.ckpt`` every ``every_n_steps`` optimizer steps and at the last step.
+
+    Each save goes to a temporary file first and is renamed over ``last.ckpt`` (``os.replace`` is atomic),
+    so an interruption at any moment leaves a complete checkpoint. It runs after every other callback's
+    ``on_train_batch_end`` (Lightning moves checkpoint callbacks last), so the EMA update of this step and a
+    time-budget stop decided in this step are already included.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_steps: int) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {every_n_steps}")
+        self.dirpath = Path(dirpath)
+        self.every_n_steps = every_n_steps
+        self.last_saved_step: int | None = None
+
+    @property
+    def last_path(self) -> Path:
+        return self.dirpath / "last.ckpt"
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        step = trainer.global_step
+        final = trainer.max_steps is not None and 0 < trainer.max_steps <= step
+        if step % self.every_n_steps == 0 or final or trainer.should_stop:
+            self.save(trainer)
+
+    def save(self, trainer: L.Trainer) -> None:
+        if self.last_saved_step == trainer.global_step:
+            return
+        tmp = self.dirpath / f".last.ckpt.tmp-{os.getpid()}"
+        # Every rank builds the dict; rank 0 writes it, then all ranks sync.
+        trainer.save_checkpoint(tmp, weights_only=False)
+        if trainer.is_global_zero:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.last_path)
+        trainer.strategy.barrier("AtomicCheckpoint.save")
+        self.last_saved_step = trainer.global_step
+
+
+class LossHistory(L.Callback):
+    """Averages of the logged training metrics over windows of ``every`` steps, kept in the checkpoint.
+
+    rows: list of {"step": int, "loss": float, "lr": float, ...}; read by ``training.curves``.
+    """
+
+    KEYS = ("train/loss", "train/diffusion", "train/load_balance", "train/lr")
+
+    def __init__(self, every: int = 10) -> None:
+        self.every = max(1, every)
+        self.rows: list[dict[str, float]] = []
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        metrics = trainer.callback_metrics
+        for key in self.KEYS:
+            if key in metrics:
+                self._sums[key] = self._sums.get(key, 0.0) + float(metrics[key])
+        self._count += 1
+        if trainer.global_step % self.every == 0:
+            row = {"step": trainer.global_step}
+            row.update({key.removeprefix("train/"): total / self._count for key, total in self._sums.items()})
+            self.rows.append(row)
+            self._sums, self._count = {}, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "sums": self._sums, "count": self._count}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict["rows"])
+        self._sums = dict(state_dict["sums"])
+        self._count = int(state_dict["count"])
+
+
+class StepProgressBar(TQDMProgressBar):
+    """A tqdm bar over optimizer steps (``n / max_steps``), not over epochs of an endless sampler."""
+
+    @property
+    def total_train_batches(self) -> int | float:
+        return self.trainer.max_steps
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description("train")
+        self.train_progress_bar.n = trainer.global_step
+        self.train_progress_bar.refresh()
+
+
+class ExportOnTrainEnd(L.Callback):
+    """When training ends: the EMA policy to ``RUN/policy``, the curve, and a summary (rank 0 only).
+
+    Must come after :class:`EMA` in the callback list: EMA's ``on_train_end`` puts the averaged weights
+    into the model first.
+    """
+
+    def __init__(self, run_dir: str | Path, history: LossHistory) -> None:
+        self.run_dir = Path(run_dir)
+        self.history = history
+        self._start_time = 0.0
+        self._start_step = 0
+        self.summary: dict[str, Any] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start_time = time.perf_counter()
+        self._start_step = trainer.global_step
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        from mode_policy.training.curves import plot_learning_curve, write_metrics_csv
+
+        seconds = time.perf_counter() - self._start_time
+        steps = trainer.global_step - self._start_step
+        pl_module.policy.save_pretrained(self.run_dir / "policy")
+        rows = self.history.rows
+        if rows:
+            write_metrics_csv(rows, self.run_dir / "metrics.csv")
+            plot_learning_curve(rows, self.run_dir / "learning_curve.png", title=self.run_dir.name)
+        self.summary = {
+            "global_step": trainer.global_step,
+            "steps_this_session": steps,
+            "seconds_this_session": round(seconds, 2),
+            "steps_per_second": round(steps / seconds, 3) if seconds > 0 else None,
+            "final_loss": rows[-1].get("loss") if rows else None,
+            "world_size": trainer.world_size,
+            "precision": str(trainer.precision),
+        }
+        atomic_write_text(self.run_dir / "train_summary.json", json.dumps(self.summary, indent=2) + "\n")

@@ -1,0 +1,88 @@
+"""Build a MoDE policy config for a dataset, with ``key=value`` overrides from the command line.
+
+overrides = parse_overrides(["denoiser.width=64", "n_action_steps=4", "language_encoder=onehot"])
+config = policy_config_for(dataset, overrides)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import fields
+from typing import Any
+
+from mode_policy.nn.config import MoDEConfig
+from mode_policy.policies.configuration_mode import ACTION_KEY, STATE_KEY, MoDEPolicyConfig
+
+# Derived from the dataset (and, for the denoiser, from the policy fields): overriding them would only
+# produce a policy that cannot read the data.
+DERIVED_KEYS = ("state_dim", "action_dim")
+DERIVED_DENOISER_KEYS = (
+    "action_dim",
+    "chunk_size",
+    "obs_dim",
+    "num_obs_tokens",
+    "goal_dim",
+    "num_goal_tokens",
+)
+
+
+def valid_override_keys() -> list[str]:
+    """Every key ``--set`` accepts: policy fields, and ``denoiser.<field>`` for the architecture."""
+    top = [f.name for f in fields(MoDEPolicyConfig) if f.name not in (*DERIVED_KEYS, "denoiser")]
+    nested = [f"denoiser.{f.name}" for f in fields(MoDEConfig) if f.name not in DERIVED_DENOISER_KEYS]
+    return sorted(top) + sorted(nested)
+
+
+def parse_overrides(items: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """``["a=1", "denoiser.width=64"]`` -> ``{"a": 1, "denoiser.width": 64}``, keys checked.
+
+    Values are read as JSON when they parse (numbers, true/false, null, lists, objects), else kept as
+    strings, so ``language_encoder=onehot`` needs no quotes.
+    """
+    if items is None:
+        return {}
+    if isinstance(items, Mapping):
+        pairs = dict(items)
+    else:
+        pairs = {}
+        for item in items:
+            key, sep, raw = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"--set expects key=value, got {item!r}")
+            pairs[key.strip()] = _parse_value(raw.strip())
+    valid = valid_override_keys()
+    unknown = sorted(k for k in pairs if k not in valid)
+    if unknown:
+        raise ValueError(f"unknown policy config key(s) {unknown}; valid keys: {', '.join(valid)}")
+    return pairs
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def policy_config_for(dataset: Any, overrides: Mapping[str, Any] | None = None) -> MoDEPolicyConfig:
+    """The policy config for a LeRobot dataset: sizes and task list from the data, then the overrides."""
+    overrides = parse_overrides(overrides)
+    for feature in (STATE_KEY, ACTION_KEY):
+        if feature not in dataset.features:
+            raise ValueError(
+                f"the dataset at {dataset.root} has no {feature!r} feature (found "
+                f"{sorted(dataset.features)}); a MoDE policy trains on state observations and actions"
+            )
+    values = MoDEPolicyConfig().to_dict()
+    values.update(
+        state_dim=int(dataset.features[STATE_KEY]["shape"][0]),
+        action_dim=int(dataset.features[ACTION_KEY]["shape"][0]),
+        tasks=list(dataset.tasks),
+    )
+    for key, value in overrides.items():
+        if key.startswith("denoiser."):
+            values["denoiser"][key.removeprefix("denoiser.")] = value
+        else:
+            values[key] = value
+    return MoDEPolicyConfig.from_dict(values)
