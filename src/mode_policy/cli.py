@@ -123,6 +123,19 @@ def eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def inspect_command(args: argparse.Namespace) -> int:
+    """Plot per-layer expert usage (sampler step x expert) of a trained policy."""
+    from mode_policy.evaluation.inspect import inspect_policy
+
+    try:
+        report = inspect_policy(args.policy, args.out, dataset=args.dataset, seed=args.seed)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"mode-policy inspect: error: {err}", file=sys.stderr)
+        return 2
+    print(f"expert usage ({report['router_input']} routing) written to {report['out']}")
+    return 0
+
+
 def quickstart_command(args: argparse.Namespace) -> int:
     """Collect MT10 demos, train a small MoDE policy and evaluate it, within a time budget."""
     from mode_policy.training.quickstart import quickstart
@@ -172,6 +185,14 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     eval_parser.add_argument("--out", default=None, help="results folder (default RUN/eval/<suite>-seed<S>)")
     eval_parser.set_defaults(run=eval_command)
 
+    inspect_parser = commands.add_parser(
+        "inspect", help="expert-usage heatmaps (sampler step x expert, per layer) of a trained policy"
+    )
+    inspect_parser.add_argument("policy", help="training run folder, save_pretrained folder or shipped name")
+    inspect_parser.add_argument("--out", default=None, help="output folder (default RUN/inspect)")
+    inspect_parser.add_argument("--dataset", default=None, help="observations from this LeRobot dataset")
+    inspect_parser.add_argument("--seed", type=int, default=0)
+    inspect_parser.set_defaults(run=inspect_command)
     quick_parser = commands.add_parser(
         "quickstart", help="collect MT10 demos, train a small MoDE policy, evaluate it (<= --minutes)"
     )

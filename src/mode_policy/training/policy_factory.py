@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from typing import Any
 
+from mode_policy.nn.cnn.config import CNNDenoiserConfig
 from mode_policy.nn.config import MoDEConfig
 from mode_policy.policies.configuration_mode import ACTION_KEY, STATE_KEY, MoDEPolicyConfig
 
@@ -28,10 +29,15 @@ DERIVED_DENOISER_KEYS = (
 
 
 def valid_override_keys() -> list[str]:
-    """Every key ``--set`` accepts: policy fields, and ``denoiser.<field>`` for the architecture."""
+    """Every key ``--set`` accepts: policy fields, and ``denoiser.<field>`` for the architecture.
+
+    ``denoiser.kind=cnn`` swaps the MoDE transformer for the CNN Diffusion Policy baseline, whose fields
+    (``denoiser.down_dims`` ...) then apply.
+    """
     top = [f.name for f in fields(MoDEPolicyConfig) if f.name not in (*DERIVED_KEYS, "denoiser")]
-    nested = [f"denoiser.{f.name}" for f in fields(MoDEConfig) if f.name not in DERIVED_DENOISER_KEYS]
-    return sorted(top) + sorted(nested)
+    denoiser_fields = {f.name for f in (*fields(MoDEConfig), *fields(CNNDenoiserConfig))}
+    nested = [f"denoiser.{name}" for name in denoiser_fields - set(DERIVED_DENOISER_KEYS)]
+    return sorted(top) + sorted([*nested, "denoiser.kind"])
 
 
 def parse_overrides(items: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -80,6 +86,11 @@ def policy_config_for(dataset: Any, overrides: Mapping[str, Any] | None = None) 
         action_dim=int(dataset.features[ACTION_KEY]["shape"][0]),
         tasks=list(dataset.tasks),
     )
+    kind = overrides.pop("denoiser.kind", "mode")
+    if kind not in ("mode", "cnn"):
+        raise ValueError(f"denoiser.kind must be 'mode' (the transformer family) or 'cnn', got {kind!r}")
+    if kind == "cnn":
+        values["denoiser"] = CNNDenoiserConfig().to_dict()
     for key, value in overrides.items():
         if key.startswith("denoiser."):
             values["denoiser"][key.removeprefix("denoiser.")] = value
