@@ -20,14 +20,18 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
+# This script shares its name with the metaworld package: drop its folder from the import path so that
+# `import metaworld` (here and in worker processes, which inherit sys.path) finds the real package.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from mode_policy.data.collect import collect_demonstrations
-from mode_policy.evaluation.rollout import evaluate
-from mode_policy.io import atomic_write, atomic_write_text
-from mode_policy.policies.modeling_mode import MoDEPolicy
-from mode_policy.training.train import train
+import torch  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from mode_policy.data.collect import collect_demonstrations  # noqa: E402
+from mode_policy.evaluation.rollout import evaluate  # noqa: E402
+from mode_policy.io import atomic_write, atomic_write_text  # noqa: E402
+from mode_policy.policies.modeling_mode import MoDEPolicy  # noqa: E402
+from mode_policy.training.train import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
