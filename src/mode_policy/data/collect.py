@@ -3,7 +3,8 @@
 Each episode draws its goal and object placement from ``episode_seed(task, attempt, "demo", seed)``, so demos
 never share a seed with evaluation episodes. An episode is recorded from reset until ``frames_after_success``
 frames past the first ``info["success"]`` (the experts hold still near the goal there, which teaches the
-policy to stop), or until Meta-World's 500-step horizon.
+policy to stop), or until Meta-World's 500-step horizon. With ``cameras`` every step is also rendered
+off-screen (``observation.images.<camera>``, uint8 frames stored as MP4 videos or PNG images).
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ from mode_policy.envs.metaworld import (
     ROBOT_TYPE,
     STATE_DIM,
     STATE_NAMES,
+    CameraRenderer,
+    configure_rendering,
     episode_seed,
     instruction,
     make_env,
+    parse_cameras,
     reset_with_seed,
     scripted_policy,
     suite_tasks,
@@ -52,6 +56,21 @@ class ExpertEpisode:
     success: bool
     steps_to_success: int | None  # env steps until info["success"] first became true
     env_steps: int
+    images: dict[str, np.ndarray] | None = None  # camera -> (T, H, W, 3) uint8, frame t seen in state t
+
+
+def camera_features(cameras: list[str], image_size: int, image_format: str = "video") -> dict[str, dict]:
+    """Dataset features of the rendered cameras: ``observation.images.<camera>`` of shape [H, W, 3]."""
+    if image_format not in ("video", "image"):
+        raise ValueError(f"image_format must be 'video' (MP4) or 'image' (PNG), got {image_format!r}")
+    return {
+        f"observation.images.{camera}": {
+            "dtype": image_format,
+            "shape": [image_size, image_size, 3],
+            "names": ["height", "width", "channels"],
+        }
+        for camera in cameras
+    }
 
 
 @dataclass
@@ -72,12 +91,19 @@ def run_expert_episode(
     *,
     frames_after_success: int = 10,
     max_steps: int = MAX_EPISODE_STEPS,
+    renderer: CameraRenderer | None = None,
 ) -> ExpertEpisode:
-    """Roll out ``policy`` on ``env`` reset to ``seed``; stop ``frames_after_success`` steps after success."""
+    """Roll out ``policy`` on ``env`` reset to ``seed``; stop ``frames_after_success`` steps after success.
+
+    ``renderer``: also record its cameras at every step (the frame seen with each state)."""
     obs, _ = reset_with_seed(env, seed)
     states, actions = [], []
+    frames: dict[str, list[np.ndarray]] = {c: [] for c in renderer.cameras} if renderer else {}
     success_step = None
     for step in range(max_steps):
+        if renderer is not None:
+            for camera, image in renderer.render(env).items():
+                frames[camera].append(image)
         # The experts may overshoot [-1, 1]; the env clips, so record what it actually executed.
         action = np.clip(policy.get_action(obs), -1.0, 1.0).astype(np.float32)
         states.append(obs.astype(np.float32))
@@ -97,6 +123,7 @@ def run_expert_episode(
         success=success_step is not None,
         steps_to_success=success_step,
         env_steps=len(states),
+        images={c: np.stack(f) for c, f in frames.items()} if renderer else None,
     )
 
 
@@ -109,6 +136,8 @@ def collect_task(
     frames_after_success: int = 10,
     max_attempts: int | None = None,
     progress_bar: Any = None,
+    cameras: list[str] | None = None,
+    image_size: int = 96,
 ) -> TaskCollection:
     """``episodes`` expert episodes of one task (successful ones only unless ``keep_failed``).
 
@@ -120,6 +149,7 @@ def collect_task(
     start = time.perf_counter()
     env = make_env(task, seed=episode_seed(task, 0, "demo", seed))
     policy = scripted_policy(task)
+    renderer = CameraRenderer(parse_cameras(cameras), image_size) if cameras else None
     kept: list[ExpertEpisode] = []
     attempts = successes = env_steps = 0
     with warnings.catch_warnings():
@@ -136,6 +166,7 @@ def collect_task(
                 task,
                 episode_seed(task, attempts, "demo", seed),
                 frames_after_success=frames_after_success,
+                renderer=renderer,
             )
             attempts += 1
             successes += ep.success
@@ -145,14 +176,24 @@ def collect_task(
                 if progress_bar is not None:
                     progress_bar.update(1)
                     progress_bar.set_postfix(task=task, success=f"{successes}/{attempts}")
+    if renderer is not None:
+        renderer.close()
     env.close()
     return TaskCollection(task, kept, attempts, successes, env_steps, time.perf_counter() - start)
 
 
 def _collect_task_job(args: tuple) -> TaskCollection:
-    task, episodes, seed, keep_failed, frames_after_success = args
+    task, episodes, seed, keep_failed, frames_after_success, cameras, image_size = args
+    if cameras:
+        configure_rendering()
     return collect_task(
-        task, episodes, seed, keep_failed=keep_failed, frames_after_success=frames_after_success
+        task,
+        episodes,
+        seed,
+        keep_failed=keep_failed,
+        frames_after_success=frames_after_success,
+        cameras=cameras,
+        image_size=image_size,
     )
 
 
@@ -168,6 +209,9 @@ def collect_demonstrations(
     frames_after_success: int = 10,
     workers: int = 1,
     overwrite: bool = False,
+    cameras: str | list[str] | None = None,
+    image_size: int = 96,
+    image_format: str = "video",
 ) -> Path:
     """Collect ``episodes_per_task`` scripted-expert demos per task into a LeRobotDataset v3 at ``out``.
 
@@ -175,17 +219,34 @@ def collect_demonstrations(
     the task string is the natural-language instruction (``mode_policy.envs.instructions``); fps = 80 (the
     Meta-World control rate). ``workers > 1`` collects tasks in that many processes. The dataset appears at
     ``out`` only once complete (atomic rename). Returns ``out``.
+
+    cameras: e.g. ``"corner,gripper"`` (``envs.metaworld.CAMERAS``; "gripper" is gripperPOV): each adds
+    ``observation.images.<camera>`` of ``image_size`` x ``image_size`` RGB frames, stored as MP4
+    (``image_format="video"``, needs PyAV) or PNG in the parquet (``"image"``). Rendering is off-screen
+    (MUJOCO_GL: OSMesa on a CPU, EGL with a GPU; see ``configure_rendering``), ~11 frames/s per core on CPU.
     """
     if episodes_per_task < 1:
         raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
     names = suite_tasks(suite, tasks)
+    camera_names = parse_cameras(cameras)
+    features = dict(FEATURES)
+    if camera_names:
+        features.update(camera_features(camera_names, image_size, image_format))
+        configure_rendering()
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(names) * episodes_per_task, desc="collecting demos", unit="ep", disable=not progress)
-    with bar, LeRobotDatasetWriter(out, FPS, FEATURES, robot_type=ROBOT_TYPE, overwrite=overwrite) as writer:
-        jobs = [(task, episodes_per_task, seed, keep_failed, frames_after_success) for task in names]
-        if workers > 1 and len(names) > 1:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    with bar, LeRobotDatasetWriter(out, FPS, features, robot_type=ROBOT_TYPE, overwrite=overwrite) as writer:
+        jobs = [
+            (task, episodes_per_task, seed, keep_failed, frames_after_success, camera_names, image_size)
+            for task in names
+        ]
+        # Cameras render in spawned processes: MUJOCO_GL only takes effect before MuJoCo's first import,
+        # which this process may already have done (e.g. a notebook that imported metaworld).
+        if (workers > 1 and len(names) > 1) or camera_names:
+            with ProcessPoolExecutor(
+                max_workers=max(1, min(workers, len(names))), mp_context=get_context("spawn")
+            ) as pool:
                 results = pool.map(_collect_task_job, jobs)
                 for result in results:
                     _write_task(writer, result)
@@ -198,6 +259,8 @@ def collect_demonstrations(
                     keep_failed=keep_failed,
                     frames_after_success=frames_after_success,
                     progress_bar=bar,
+                    cameras=camera_names,
+                    image_size=image_size,
                 )
                 _write_task(writer, result)
     return Path(out)
@@ -206,6 +269,9 @@ def collect_demonstrations(
 def _write_task(writer: LeRobotDatasetWriter, result: TaskCollection) -> None:
     task = instruction(result.task)
     for ep in result.episodes:
-        for state, action in zip(ep.states, ep.actions, strict=True):
-            writer.add_frame({"observation.state": state, "action": action})
+        for t, (state, action) in enumerate(zip(ep.states, ep.actions, strict=True)):
+            frame = {"observation.state": state, "action": action}
+            for camera, images in (ep.images or {}).items():
+                frame[f"observation.images.{camera}"] = images[t]
+            writer.add_frame(frame)
         writer.save_episode(task=task)

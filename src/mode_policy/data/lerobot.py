@@ -7,10 +7,10 @@ Layout (as LeRobot writes it)::
     meta/tasks.parquet                               task string (pandas index) -> task_index
     meta/episodes/chunk-000/file-000.parquet         episode_index, tasks, length, dataset_from_index, ...
     data/chunk-000/file-000.parquet                  one row per frame: features + the index columns
-    videos/<key>/chunk-000/file-000.mp4              camera streams (listed, not decoded here)
+    videos/<key>/chunk-000/file-000.mp4              camera streams (decoded on request by ``images()``)
 
-Only numeric columns are loaded (state, action, indices), once, into NumPy; image / video features are
-listed in ``features`` but ``column()`` refuses them. No pandas needed.
+Only numeric columns are loaded (state, action, indices), once, into NumPy; ``column()`` refuses image /
+video features, which ``images(key)`` decodes (all frames once, see ``mode_policy.data.video``). No pandas.
 """
 
 from __future__ import annotations
@@ -81,6 +81,25 @@ class LeRobotDataset:
                 "only numeric features are loaded (images and videos are not decoded by this reader)"
             )
         return self._columns[name]
+
+    @property
+    def camera_keys(self) -> list[str]:
+        """Features holding camera frames (dtype "image" or "video"), e.g. ``observation.images.corner``."""
+        return [name for name, ft in self.features.items() if ft.get("dtype") in ("image", "video")]
+
+    def images(self, key: str, *, cache_dir: str | Path | None = None) -> np.ndarray:
+        """Every frame of camera ``key``, in row order: (num_frames, H, W, 3) uint8, decoded once.
+
+        Decoded arrays are kept on the dataset (a second call is free); ``cache_dir`` memory-maps them from
+        ``<cache_dir>/<key>.npy`` so later processes skip decoding. Videos need PyAV
+        (``mode-policy[vision]``).
+        """
+        cache = self.__dict__.setdefault("_images", {})
+        if key not in cache:
+            from mode_policy.data.video import decode_key
+
+            cache[key] = decode_key(self, key, cache_dir=cache_dir)
+        return cache[key]
 
     def episode_slice(self, episode: int) -> slice:
         """Rows of the ``episode``-th entry of ``episodes`` (position, not episode_index)."""

@@ -15,7 +15,10 @@ class ActionChunkDataset(Dataset):
     """Every frame ``t`` of ``dataset`` as one training item (LeRobot batch names, raw values).
 
     Item fields (unbatched; the default collate stacks tensors and turns ``task`` into a list[str]):
-      observation.state   (n_obs_steps, state_dim) float32  frames t-n_obs_steps+1 .. t
+      observation.state   (n_obs_steps, state_dim) float32  frames t-n_obs_steps+1 .. t (unless
+                                                            state_key=None)
+      <image key>         (n_obs_steps, 3, H, W) uint8      per camera in ``image_keys`` (same frames);
+                                                            decoded once up front (LeRobotDataset.images)
       observation_is_pad  (n_obs_steps,) bool               True where the history reaches before the
                                                             episode start; those rows repeat the first frame
       action              (chunk_size, action_dim) float32  actions t .. t+chunk_size-1
@@ -33,8 +36,10 @@ class ActionChunkDataset(Dataset):
         n_obs_steps: int = 1,
         chunk_size: int = 10,
         *,
-        state_key: str = "observation.state",
+        state_key: str | None = "observation.state",
         action_key: str = "action",
+        image_keys: tuple[str, ...] | list[str] = (),
+        image_cache_dir: str | None = None,
     ) -> None:
         if n_obs_steps < 1 or chunk_size < 1:
             raise ValueError(f"n_obs_steps and chunk_size must be >= 1, got {n_obs_steps} and {chunk_size}")
@@ -42,8 +47,11 @@ class ActionChunkDataset(Dataset):
         self.n_obs_steps = n_obs_steps
         self.chunk_size = chunk_size
         # (frames, dim); a feature of shape (1,) comes back from column() as (frames,), so restore its dim.
-        self.state = _as_rows(dataset.column(state_key))
+        self.state_key = state_key
         self.action = _as_rows(dataset.column(action_key))
+        self.state = _as_rows(dataset.column(state_key)) if state_key is not None else None
+        # (frames, H, W, 3) uint8 per camera; an item transposes its few rows to (T, 3, H, W).
+        self.images = {key: dataset.images(key, cache_dir=image_cache_dir) for key in image_keys}
         self.task_index = dataset.column("task_index").astype(np.int64)
         self.episode_index = dataset.column("episode_index").astype(np.int64)
         self.frame_index = dataset.column("frame_index").astype(np.int64)
@@ -58,6 +66,8 @@ class ActionChunkDataset(Dataset):
 
     @property
     def state_dim(self) -> int:
+        if self.state is None:
+            raise AttributeError("this ActionChunkDataset has no state (state_key=None)")
         return self.state.shape[1]
 
     @property
@@ -65,7 +75,7 @@ class ActionChunkDataset(Dataset):
         return self.action.shape[1]
 
     def __len__(self) -> int:
-        return len(self.state)
+        return len(self.action)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if index < 0:
@@ -81,8 +91,13 @@ class ActionChunkDataset(Dataset):
         action_pad = action_rows > last
         action_rows = np.minimum(action_rows, last)
         task_index = int(self.task_index[index])
+        item: dict[str, Any] = {}
+        if self.state is not None:
+            item[self.state_key] = torch.from_numpy(self.state[obs_rows])
+        for key, frames in self.images.items():
+            item[key] = torch.from_numpy(np.ascontiguousarray(frames[obs_rows].transpose(0, 3, 1, 2)))
         return {
-            "observation.state": torch.from_numpy(self.state[obs_rows]),
+            **item,
             "observation_is_pad": torch.from_numpy(obs_pad),
             "action": torch.from_numpy(self.action[action_rows]),
             "action_is_pad": torch.from_numpy(action_pad),

@@ -6,6 +6,10 @@ loads as complete. The files match what LeRobot writes: one parquet row group pe
 ``data/chunk-000/file-000.parquet`` (rolling to the next file past ``data_files_size_in_mb``), episode
 metadata with LeRobot's per-episode ``stats/<feature>/<stat>`` columns, tasks as a pandas-indexed parquet,
 and ``stats.json`` computed once over all frames.
+
+Camera features (``dtype "image"`` or ``"video"``, shape ``[H, W, 3]``, uint8 frames) are stored as LeRobot
+stores them: PNG bytes in a ``{bytes, path}`` struct column of the data parquet, or MP4 streams under
+``videos/<key>/chunk-XXX/file-YYY.mp4`` (PyAV) with each episode's span in the episode metadata.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from mode_policy.data.format import (
     DEFAULT_EPISODES_PATH,
     DEFAULT_FEATURES,
     DEFAULT_VIDEO_FILE_SIZE_IN_MB,
+    DEFAULT_VIDEO_PATH,
     INFO_PATH,
     STATS_PATH,
     TASKS_PATH,
@@ -39,13 +44,15 @@ from mode_policy.data.format import (
     numpy_to_arrow,
 )
 from mode_policy.data.stats import feature_stats, stats_to_json
+from mode_policy.data.video import image_stats
 from mode_policy.io import atomic_write, atomic_write_text
 
 
 class LeRobotDatasetWriter:
     """Record frames episode by episode, then ``finalize()`` to publish the dataset at ``root``.
 
-    ``features`` maps user feature names to ``{"dtype", "shape", "names"}`` (numeric, shape (1,) or (n,));
+    ``features`` maps user feature names to ``{"dtype", "shape", "names"}`` (numeric, shape (1,) or (n,), or
+    a camera: dtype "image" / "video", shape [H, W, 3], frames given as uint8 (H, W, 3) arrays);
     the index columns (timestamp, frame_index, episode_index, index, task_index) are added and filled here.
     Usable as a context manager: an exception inside the block aborts (removes the partial folder), a
     clean exit finalizes.
@@ -60,6 +67,8 @@ class LeRobotDatasetWriter:
         *,
         overwrite: bool = False,
         data_files_size_in_mb: float = DEFAULT_DATA_FILE_SIZE_IN_MB,
+        video_files_size_in_mb: float = DEFAULT_VIDEO_FILE_SIZE_IN_MB,
+        video_codec: str | None = None,
     ) -> None:
         self.root = Path(root)
         if self.root.exists() and (not self.root.is_dir() or any(self.root.iterdir())) and not overwrite:
@@ -74,9 +83,20 @@ class LeRobotDatasetWriter:
                 raise ValueError(f"feature {name!r} is filled by the writer; do not declare it")
             if "/" in name:
                 raise ValueError(f"feature names must not contain '/' (LeRobot rule), got {name!r}")
+            if ft.get("dtype") in ("image", "video"):
+                shape = feature_shape(ft)
+                if len(shape) != 3 or shape[2] != 3:
+                    raise ValueError(f"camera feature {name!r} must have shape [H, W, 3], got {list(shape)}")
+                user[name] = {
+                    "dtype": ft["dtype"],
+                    "shape": list(shape),
+                    "names": ft.get("names") or ["height", "width", "channels"],
+                }
+                continue
             if not is_numeric(ft) or len(feature_shape(ft)) != 1:
                 raise ValueError(
-                    f"feature {name!r}: only numeric features of shape (1,) or (n,) can be written"
+                    f"feature {name!r}: only numeric features of shape (1,) or (n,), or camera features "
+                    "(dtype image / video, shape [H, W, 3]), can be written"
                 )
             user[name] = {
                 "dtype": str(ft["dtype"]),
@@ -88,19 +108,39 @@ class LeRobotDatasetWriter:
         self.overwrite = overwrite
         self.user_features = user
         self.features = {**user, **{k: dict(v) for k, v in DEFAULT_FEATURES.items()}}
+        self.video_keys = [n for n, ft in user.items() if ft["dtype"] == "video"]
+        self.image_keys = [n for n, ft in user.items() if ft["dtype"] == "image"]
+        # Columns of the data parquet: everything but the videos (which live in their MP4 files).
+        self._stored = {n: ft for n, ft in self.features.items() if ft["dtype"] != "video"}
+        numeric = {n: ft for n, ft in self._stored.items() if is_numeric(ft)}
+        hf = json.loads(huggingface_metadata(numeric))
+        for name in self.image_keys:
+            hf["info"]["features"][name] = {"_type": "Image"}
         self._schema = pa.schema(
             [
-                pa.field(name, numpy_to_arrow(name, np.zeros((0, *_row_shape(ft))), ft).type)
-                for name, ft in self.features.items()
+                pa.field(name, _IMAGE_TYPE)
+                if ft["dtype"] == "image"
+                else pa.field(name, numpy_to_arrow(name, np.zeros((0, *_row_shape(ft))), ft).type)
+                for name, ft in self._stored.items()
             ],
-            metadata={b"huggingface": huggingface_metadata(self.features)},
+            metadata={b"huggingface": json.dumps(hf).encode()},
         )
+        self._max_video_bytes = video_files_size_in_mb * 1024**2
+        self._video_codec = video_codec
+        self._videos: dict[str, Any] = {}  # key -> open VideoStreamWriter
+        self._video_file: dict[str, tuple[int, int]] = {key: (0, 0) for key in self.video_keys}
+        self._video_info: dict[str, dict[str, Any]] = {}
+        self._image_samples: dict[str, list[np.ndarray]] = {
+            n: [] for n in (*self.video_keys, *self.image_keys)
+        }
         self._max_file_bytes = data_files_size_in_mb * 1024**2
         self.root.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.partial-", dir=self.root.parent))
         self._frames: dict[str, list[np.ndarray]] = {name: [] for name in user}
         self._frame_tasks: list[str] = []
-        self._columns: dict[str, list[np.ndarray]] = {name: [] for name in self.features}
+        self._columns: dict[str, list[np.ndarray]] = {
+            name: [] for name, ft in self.features.items() if is_numeric(ft)
+        }
         self._episodes: list[dict[str, Any]] = []
         self._tasks: dict[str, int] = {}
         self._num_frames = 0
@@ -128,6 +168,15 @@ class LeRobotDatasetWriter:
                 f"frame features mismatch: missing {sorted(missing)}, unexpected {sorted(extra)}"
             )
         for name, ft in self.user_features.items():
+            if not is_numeric(ft):
+                image = np.asarray(frame[name])
+                if image.shape != tuple(ft["shape"]) or image.dtype != np.uint8:
+                    raise ValueError(
+                        f"frame[{name!r}] must be a uint8 image of shape {tuple(ft['shape'])}, got "
+                        f"{image.dtype} {image.shape}"
+                    )
+                self._frames[name].append(image)
+                continue
             value = np.asarray(frame[name], dtype=ft["dtype"]).reshape(-1)
             if value.shape != tuple(ft["shape"]):
                 raise ValueError(f"frame[{name!r}] has {value.size} values, feature shape is {ft['shape']}")
@@ -156,12 +205,17 @@ class LeRobotDatasetWriter:
         data["index"] = start + frame_index
         data["task_index"] = np.full(length, task_index, dtype=np.int64)
         for name, ft in self.user_features.items():
-            if np.dtype(ft["dtype"]).kind == "f" and not np.isfinite(data[name]).all():
+            if is_numeric(ft) and np.dtype(ft["dtype"]).kind == "f" and not np.isfinite(data[name]).all():
                 raise ValueError(f"episode {episode_index}: feature {name!r} has NaN/inf values; not saved")
         data = {name: data[name] for name in self.features}  # column order as in info.json
+        video_meta = self._write_videos(data, length)
 
         table = pa.Table.from_arrays(
-            [numpy_to_arrow(name, data[name], ft) for name, ft in self.features.items()], schema=self._schema
+            [
+                _png_column(data[name]) if ft["dtype"] == "image" else numpy_to_arrow(name, data[name], ft)
+                for name, ft in self._stored.items()
+            ],
+            schema=self._schema,
         )
         # Roll to the next file the way LeRobot does: when this episode would push the file past the limit.
         if self._pq_writer is not None and self._file_bytes + table.nbytes > self._max_file_bytes:
@@ -186,15 +240,23 @@ class LeRobotDatasetWriter:
             "data/file_index": self._file[1],
             "dataset_from_index": start,
             "dataset_to_index": start + length,
+            **video_meta,
         }
         for name, values in data.items():
-            for stat, value in feature_stats(values).items():
+            if name in self._image_samples:
+                # Per-episode image stats on a few frames (LeRobot samples too); kept for stats.json.
+                sample = values[np.linspace(0, length - 1, min(length, 20)).astype(np.int64)]
+                self._image_samples[name].append(sample)
+                stats = image_stats(sample)
+            else:
+                stats = feature_stats(values)
+            for stat, value in stats.items():
                 episode[f"stats/{name}/{stat}"] = value.tolist()
         episode["meta/episodes/chunk_index"] = 0
         episode["meta/episodes/file_index"] = 0
         self._episodes.append(episode)
-        for name, values in data.items():
-            self._columns[name].append(values)
+        for name in self._columns:
+            self._columns[name].append(data[name])
         self._num_frames += length
         self.clear_episode()
         return episode_index
@@ -215,11 +277,14 @@ class LeRobotDatasetWriter:
         if not self._episodes:
             raise ValueError("no episodes were saved; a dataset needs at least one episode")
         self._close_data_file()
+        self._close_videos()
         tmp = self._tmp
         self._write_tasks(tmp / TASKS_PATH)
         self._write_episodes(tmp / DEFAULT_EPISODES_PATH.format(chunk_index=0, file_index=0))
         columns = {name: np.concatenate(parts) for name, parts in self._columns.items()}
         stats = {name: feature_stats(values) for name, values in columns.items()}
+        for name, samples in self._image_samples.items():
+            stats[name] = image_stats(np.concatenate(samples))
         atomic_write_text(tmp / STATS_PATH, json.dumps(stats_to_json(stats), indent=4))
         # info.json last: a folder without it never loads, whatever else is there.
         atomic_write_text(tmp / INFO_PATH, json.dumps(self._info(), indent=4, ensure_ascii=False))
@@ -232,6 +297,10 @@ class LeRobotDatasetWriter:
         if self._pq_writer is not None:
             self._pq_writer.close()
             self._pq_writer = None
+        try:
+            self._close_videos()
+        except Exception:  # aborting anyway; the partial files are removed below
+            self._videos.clear()
         shutil.rmtree(self._tmp, ignore_errors=True)
         self._closed = True
 
@@ -259,13 +328,55 @@ class LeRobotDatasetWriter:
             with open(path, "rb+") as handle:
                 os.fsync(handle.fileno())
 
+    def _write_videos(self, data: dict[str, np.ndarray], length: int) -> dict[str, Any]:
+        """Append the episode's frames of every video key; its episode-metadata columns."""
+        from mode_policy.data.video import DEFAULT_VIDEO_CODEC, VideoStreamWriter
+
+        meta: dict[str, Any] = {}
+        for key in self.video_keys:
+            stream = self._videos.get(key)
+            if stream is not None and stream.bytes_hint > self._max_video_bytes:
+                stream.close()
+                del self._videos[key]
+                chunk, file = self._video_file[key]
+                self._video_file[key] = (
+                    (chunk + 1, 0) if file == DEFAULT_CHUNK_SIZE - 1 else (chunk, file + 1)
+                )
+                stream = None
+            chunk, file = self._video_file[key]
+            if stream is None:
+                height, width, _ = self.features[key]["shape"]
+                path = self._tmp / DEFAULT_VIDEO_PATH.format(
+                    video_key=key, chunk_index=chunk, file_index=file
+                )
+                stream = VideoStreamWriter(
+                    path, self.fps, width, height, codec=self._video_codec or DEFAULT_VIDEO_CODEC
+                )
+                self._videos[key] = stream
+                self._video_info[key] = stream.info()
+            begin = stream.frames / self.fps
+            stream.write(data[key])
+            meta[f"videos/{key}/chunk_index"] = chunk
+            meta[f"videos/{key}/file_index"] = file
+            meta[f"videos/{key}/from_timestamp"] = begin
+            meta[f"videos/{key}/to_timestamp"] = begin + length / self.fps
+        return meta
+
+    def _close_videos(self) -> None:
+        videos, self._videos = self._videos, {}
+        for stream in videos.values():
+            stream.close()
+
     def _info(self) -> dict[str, Any]:
         total = len(self._episodes)
-        # LeRobot's v3 converter also records fps on every non-video feature.
-        features = {
-            name: {"dtype": ft["dtype"], "shape": list(ft["shape"]), "names": ft["names"], "fps": self.fps}
-            for name, ft in self.features.items()
-        }
+        # LeRobot's v3 converter also records fps on every non-video feature; videos carry their "info".
+        features = {}
+        for name, ft in self.features.items():
+            features[name] = {"dtype": ft["dtype"], "shape": list(ft["shape"]), "names": ft["names"]}
+            if ft["dtype"] == "video":
+                features[name]["info"] = self._video_info.get(name, {})
+            else:
+                features[name]["fps"] = self.fps
         return {
             "codebase_version": CODEBASE_VERSION,
             "robot_type": self.robot_type,
@@ -278,7 +389,7 @@ class LeRobotDatasetWriter:
             "fps": self.fps,
             "splits": {"train": f"0:{total}"},
             "data_path": DEFAULT_DATA_PATH,
-            "video_path": None,
+            "video_path": DEFAULT_VIDEO_PATH if self.video_keys else None,
             "features": features,
         }
 
@@ -313,6 +424,16 @@ class LeRobotDatasetWriter:
         _fsync_dir(self.root.parent)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
+
+
+_IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def _png_column(frames: np.ndarray) -> pa.Array:
+    """(T, H, W, 3) uint8 -> LeRobot's image column: struct {bytes: PNG, path: null} per row."""
+    from mode_policy.data.video import encode_png
+
+    return pa.array([{"bytes": encode_png(frame), "path": None} for frame in frames], type=_IMAGE_TYPE)
 
 
 def _row_shape(feature: Mapping[str, Any]) -> tuple[int, ...]:

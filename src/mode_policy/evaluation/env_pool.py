@@ -20,7 +20,15 @@ class EnvPool:
     Jobs are assigned by their index, never by timing, so results do not depend on the worker count.
     """
 
-    def __init__(self, num_workers: int, *, video_dir: str | None = None, video_fps: int = 30) -> None:
+    def __init__(
+        self,
+        num_workers: int,
+        *,
+        video_dir: str | None = None,
+        video_fps: int = 30,
+        cameras: list[str] | None = None,
+        image_size: tuple[int, int] = (96, 96),
+    ) -> None:
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         context = mp.get_context("spawn")
@@ -28,7 +36,11 @@ class EnvPool:
         self._procs = []
         for _ in range(num_workers):
             parent, child = context.Pipe()
-            proc = context.Process(target=worker_main, args=(child, video_dir, video_fps), daemon=True)
+            proc = context.Process(
+                target=worker_main,
+                args=(child, video_dir, video_fps, list(cameras or []), tuple(image_size)),
+                daemon=True,
+            )
             proc.start()
             child.close()
             self._conns.append(parent)

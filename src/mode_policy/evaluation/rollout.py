@@ -96,7 +96,16 @@ def evaluate(
     workers = max(1, min(num_workers, len(jobs)))
     bar = _progress_bar(len(jobs), progress)
     try:
-        with EnvPool(workers, video_dir=None if video_dir is None else str(video_dir)) as pool:
+        cameras = list(getattr(config, "cameras", []) or [])
+        if cameras and not osmesa_available() and not _has_gpu_rendering():
+            raise RuntimeError(
+                f"this policy observes cameras {cameras}, which MuJoCo must render off-screen, but libOSMesa "
+                "was not found (Debian/Ubuntu: `apt-get install -y libosmesa6`; with a GPU set MUJOCO_GL=egl)"
+            )
+        pool_options = {"cameras": cameras, "image_size": config.image_hw} if cameras else {}
+        with EnvPool(
+            workers, video_dir=None if video_dir is None else str(video_dir), **pool_options
+        ) as pool:
             for first in range(0, len(jobs), max(1, max_concurrent)):
                 wave = []
                 for job, task, episode, episode_seed_ in jobs[first : first + max_concurrent]:
@@ -197,11 +206,7 @@ def _run_wave(
     for step in range(max_steps):
         replan = [job for job in active if not queues[job]]
         if replan:
-            states = np.stack([np.stack(history[job]) for job in replan])  # (B, n_obs_steps, state_dim)
-            obs = {
-                "observation.state": torch.from_numpy(states).float(),
-                "task": [task_of[j] for j in replan],
-            }
+            obs = {**_stack_history([history[job] for job in replan]), "task": [task_of[j] for j in replan]}
             began = time.perf_counter()
             chunk = policy.predict_action_chunk(obs, generator=generator)  # (B, chunk, action_dim)
             timer.seconds += time.perf_counter() - began
@@ -238,8 +243,7 @@ def _batch1_latency_ms(
     policy: Any, obs: np.ndarray, task: str, generator: torch.Generator, repeats: int = 10
 ) -> float:
     """Median wall ms of one chunk for a single observation (the latency a robot would see)."""
-    state = torch.from_numpy(np.stack([obs] * policy.config.n_obs_steps)[None]).float()
-    inputs = {"observation.state": state, "task": [task]}
+    inputs = {**_stack_history([[obs] * policy.config.n_obs_steps]), "task": [task]}
     policy.predict_action_chunk(inputs, generator=generator)  # warm-up (expert cache build, allocator)
     times = []
     for _ in range(repeats):
@@ -247,6 +251,33 @@ def _batch1_latency_ms(
         policy.predict_action_chunk(inputs, generator=generator)
         times.append(time.perf_counter() - began)
     return round(1000 * statistics.median(times), 3)
+
+
+def _stack_history(histories: list[Any]) -> dict[str, torch.Tensor]:
+    """Per-episode histories of n_obs_steps observations -> the policy's batch.
+
+    A state observation is a (39,) array: ``observation.state`` (B, n_obs_steps, 39) float32. A camera
+    observation is a dict of the state and (H, W, 3) uint8 frames: images become (B, n_obs_steps, 3, H, W)
+    uint8 (the policy scales them).
+    """
+    first = histories[0][0]
+    if not isinstance(first, dict):
+        states = np.stack([np.stack(list(h)) for h in histories])  # (B, n_obs_steps, state_dim)
+        return {"observation.state": torch.from_numpy(states).float()}
+    batch = {}
+    for key in first:
+        values = np.stack([np.stack([o[key] for o in h]) for h in histories])
+        if key == "observation.state":
+            batch[key] = torch.from_numpy(values).float()
+        else:
+            batch[key] = torch.from_numpy(np.ascontiguousarray(values.transpose(0, 1, 4, 2, 3)))
+    return batch
+
+
+def _has_gpu_rendering() -> bool:
+    import os
+
+    return os.environ.get("MUJOCO_GL") == "egl" or os.path.exists("/dev/nvidia0")
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:

@@ -10,6 +10,9 @@ Protocol (``multiprocessing`` pipe, main -> worker):
   ("finish", [job])                            -> None   (returns envs to the pool, writes videos)
   ("close", None)                              -> None
 A worker that fails sends ("error", traceback text) instead of a reply.
+
+With ``cameras`` (a policy with image keys) an observation is instead a dict ``{"observation.state": (39,),
+"observation.images.<camera>": (H, W, 3) uint8}``, rendered off-screen exactly as ``collect`` renders demos.
 """
 
 from __future__ import annotations
@@ -23,23 +26,43 @@ from typing import Any
 Job = tuple[int, str, int, int, bool]
 
 
-def worker_main(conn: Connection, video_dir: str | None, video_fps: int) -> None:
+def worker_main(
+    conn: Connection,
+    video_dir: str | None,
+    video_fps: int,
+    cameras: list[str] | None = None,
+    image_size: tuple[int, int] = (96, 96),
+) -> None:
     """Entry point of a worker process (spawned: MuJoCo state is never shared by fork)."""
+    if cameras:
+        from mode_policy.envs.metaworld import configure_rendering
+
+        configure_rendering()  # must precede the first mujoco import
     if video_dir is not None:
         os.environ.setdefault("MUJOCO_GL", "osmesa")  # must precede the first mujoco import
     import warnings
 
     warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
     try:
-        _serve(conn, video_dir, video_fps)
+        _serve(conn, video_dir, video_fps, cameras or [], image_size)
     except Exception:
         conn.send(("error", traceback.format_exc()))
     finally:
         conn.close()
 
 
-def _serve(conn: Connection, video_dir: str | None, video_fps: int) -> None:
-    from mode_policy.envs.metaworld import make_env, reset_with_seed
+def _serve(
+    conn: Connection, video_dir: str | None, video_fps: int, cameras: list[str], image_size: tuple[int, int]
+) -> None:
+    from mode_policy.envs.metaworld import CameraRenderer, make_env, reset_with_seed
+
+    renderer = CameraRenderer(cameras, *image_size) if cameras else None
+
+    def observe(env: Any, state: Any) -> Any:
+        if renderer is None:
+            return state
+        images = renderer.render(env)
+        return {"observation.state": state, **{f"observation.images.{c}": images[c] for c in cameras}}
 
     pool: dict[str, list[Any]] = {}  # task -> idle envs without rendering
     running: dict[int, tuple[str, int, Any, bool]] = {}  # job -> (task, episode, env, recording)
@@ -57,7 +80,7 @@ def _serve(conn: Connection, video_dir: str | None, video_fps: int) -> None:
                 running[job] = (task, episode, env, record)
                 if record:
                     frames[job] = [env.render()]
-                replies[job] = obs
+                replies[job] = observe(env, obs)
             conn.send(("ok", replies))
         elif command == "step":
             replies = {}
@@ -66,7 +89,7 @@ def _serve(conn: Connection, video_dir: str | None, video_fps: int) -> None:
                 obs, _, _, _, info = env.step(action)
                 if record:
                     frames[job].append(env.render())
-                replies[job] = (obs, bool(info["success"]))
+                replies[job] = (observe(env, obs), bool(info["success"]))
             conn.send(("ok", replies))
         elif command == "finish":
             for job in payload:
@@ -78,6 +101,8 @@ def _serve(conn: Connection, video_dir: str | None, video_fps: int) -> None:
                     pool.setdefault(task, []).append(env)
             conn.send(("ok", None))
         elif command == "close":
+            if renderer is not None:
+                renderer.close()
             for envs in pool.values():
                 for env in envs:
                     env.close()

@@ -24,10 +24,13 @@ from mode_policy.io import atomic_write_text
 from mode_policy.nn.cnn.config import CNNDenoiserConfig
 from mode_policy.nn.config import MoDEConfig
 from mode_policy.nn.encoders.language import LANGUAGE_ENCODERS, MINILM_DIM
+from mode_policy.nn.encoders.resnet import ARCHITECTURES, NORMS
+from mode_policy.nn.encoders.vision import POOLS
 from mode_policy.policies.normalizer import NORMALIZATION_MODES
 
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
+IMAGE_KEY_PREFIX = "observation.images."
 
 
 def default_denoiser() -> MoDEConfig:
@@ -76,6 +79,20 @@ class MoDEPolicyConfig:
     schedule: str = "exponential"
     sampler: str = "ddim"
     use_expert_cache: bool = True
+    # Vision (README "Images"). image_keys: camera features (e.g. "observation.images.corner"), each one
+    # observation token per step from a FiLM-ResNet conditioned on the instruction; empty = state only.
+    image_keys: list[str] = field(default_factory=list)
+    use_state: bool = True  # also a state token per step (required when there are no image_keys)
+    image_size: int | list[int] = 96  # (H, W) or square side the simulator renders at evaluation time
+    vision_backbone: str = "resnet18"  # resnet18 | resnet34 | resnet50
+    vision_norm: str = "batch"  # batch | group
+    vision_pool: str = "spatial_softmax"  # spatial_softmax | avg
+    vision_shared: bool = False  # one encoder for every camera instead of one per camera
+    vision_feature_dim: int = 128  # size of each camera token (the denoiser's obs_dim with images)
+    vision_num_keypoints: int = 32  # spatial-softmax keypoints
+    vision_film: bool = True  # FiLM after every ResNet stage, conditioned on the goal embedding
+    vision_pretrained_path: str | None = None  # local safetensors of torchvision ImageNet weights
+    image_shift: int = 4  # random-shift augmentation (pad, then random crop) in training; 0 disables
 
     def __post_init__(self) -> None:
         if isinstance(self.denoiser, dict):
@@ -97,6 +114,7 @@ class MoDEPolicyConfig:
                 "predicting the next; lower n_action_steps or raise chunk_size"
             )
         self._validate_language()
+        self._validate_vision()
         self._validate_normalization()
         for name in ("clip_sample", "use_expert_cache"):
             if not isinstance(getattr(self, name), bool):
@@ -131,8 +149,8 @@ class MoDEPolicyConfig:
             self.denoiser,
             action_dim=self.action_dim,
             chunk_size=self.chunk_size,
-            obs_dim=self.state_dim,
-            num_obs_tokens=self.n_obs_steps,
+            obs_dim=self.obs_token_dim,
+            num_obs_tokens=self.n_obs_steps * self.tokens_per_step,
             num_goal_tokens=1,
             goal_dim=self.goal_dim or self.denoiser.goal_dim,
         )
@@ -159,11 +177,59 @@ class MoDEPolicyConfig:
                 "CLIP text weights and tokenizer>"
             )
 
+    def _validate_vision(self) -> None:
+        keys = self.image_keys
+        if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+            raise ValueError(
+                "MoDEPolicyConfig.image_keys must be a list of camera feature names, e.g. "
+                '["observation.images.corner"]'
+            )
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"MoDEPolicyConfig.image_keys repeats a camera: {keys}")
+        if not isinstance(self.use_state, bool):
+            raise ValueError(f"MoDEPolicyConfig.use_state must be true or false, got {self.use_state!r}")
+        if not keys and not self.use_state:
+            raise ValueError(
+                "MoDEPolicyConfig.use_state=False needs image_keys: a policy must observe something"
+            )
+        size = self.image_size
+        sizes = [size] if isinstance(size, int) else size
+        if (
+            not isinstance(sizes, list)
+            or len(sizes) not in (1, 2)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in sizes)
+        ):
+            raise ValueError(
+                f"MoDEPolicyConfig.image_size must be an int or [H, W] of ints >= 8, got {size!r}"
+            )
+        for name, value, choices in (
+            ("vision_backbone", self.vision_backbone, sorted(ARCHITECTURES)),
+            ("vision_norm", self.vision_norm, list(NORMS)),
+            ("vision_pool", self.vision_pool, list(POOLS)),
+        ):
+            if value not in choices:
+                raise ValueError(f"MoDEPolicyConfig.{name} must be one of {choices}, got {value!r}")
+        for name in ("vision_feature_dim", "vision_num_keypoints"):
+            _check_positive_int(name, getattr(self, name))
+        for name in ("vision_shared", "vision_film"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"MoDEPolicyConfig.{name} must be true or false, got {getattr(self, name)!r}"
+                )
+        if (
+            not isinstance(self.image_shift, int)
+            or isinstance(self.image_shift, bool)
+            or self.image_shift < 0
+        ):
+            raise ValueError(
+                f"MoDEPolicyConfig.image_shift must be an integer >= 0, got {self.image_shift!r}"
+            )
+
     def _validate_normalization(self) -> None:
         mapping = self.normalization_mapping
         if not isinstance(mapping, dict):
             raise ValueError("MoDEPolicyConfig.normalization_mapping must be a dict {feature: mode}")
-        for feature in (STATE_KEY, ACTION_KEY):
+        for feature in (STATE_KEY, ACTION_KEY) if self.use_state else (ACTION_KEY,):
             if feature not in mapping:
                 raise ValueError(
                     f"MoDEPolicyConfig.normalization_mapping needs a mode for {feature!r} "
@@ -177,6 +243,28 @@ class MoDEPolicyConfig:
                 )
 
     # Derived --------------------------------------------------------------------------------------------
+    @property
+    def tokens_per_step(self) -> int:
+        """Observation tokens per history step: one per camera, plus one for the state."""
+        return len(self.image_keys) + int(self.use_state) if self.image_keys else 1
+
+    @property
+    def obs_token_dim(self) -> int:
+        """Size of every observation token: the state size (state only) or ``vision_feature_dim``."""
+        return self.vision_feature_dim if self.image_keys else self.state_dim
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        size = self.image_size
+        if isinstance(size, int):
+            return size, size
+        return (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
+
+    @property
+    def cameras(self) -> list[str]:
+        """Simulator camera names: the image keys without the ``observation.images.`` prefix."""
+        return [k.removeprefix(IMAGE_KEY_PREFIX) for k in self.image_keys]
+
     @property
     def goal_dim(self) -> int | None:
         """Size of the instruction embedding, when known without loading the encoder."""

@@ -6,7 +6,10 @@ policy.eval(); policy.reset()
 action = policy.select_action({"observation.state": state, "task": [instruction]})   # (1, action_dim)
 policy.save_pretrained("run/policy"); policy = MoDEPolicy.from_pretrained("run/policy")
 
-Observation tokens are the ``n_obs_steps`` normalised states (one token each); the goal token is the
+Observation tokens are the ``n_obs_steps`` normalised states (one token each); with ``config.image_keys``
+every step instead gives one token per camera (a FiLM-ResNet conditioned on the instruction embedding,
+images scaled to [0, 1] then ImageNet-standardised, random-shift augmented in training) plus, when
+``use_state``, a linear projection of the normalised state to the same size. The goal token is the
 instruction embedding. Goal dropout (``config.denoiser.goal_dropout``, 0.1 by default) is applied inside
 the denoiser's transformer to the projected goal token in training, as in the reference code, so it is
 not applied again here.
@@ -31,6 +34,7 @@ from mode_policy.io import atomic_write, atomic_write_text
 from mode_policy.nn.cnn import CNNDenoiser, CNNDenoiserConfig
 from mode_policy.nn.denoiser import MoDEDenoiser
 from mode_policy.nn.encoders.language import LanguageEncoder, make_language_encoder
+from mode_policy.nn.encoders.vision import VisionEncoder, random_shift
 from mode_policy.policies.configuration_mode import ACTION_KEY, STATE_KEY, MoDEPolicyConfig
 from mode_policy.policies.normalizer import Normalizer
 
@@ -76,16 +80,33 @@ class MoDEPolicy(nn.Module):
             config = replace(config, denoiser=replace(config.denoiser, goal_dim=language_encoder.dim))
         self.config = config
         self.language_encoder = language_encoder
-        self.dataset_stats = _stats_as_lists(dataset_stats, config.normalization_mapping)
+        mapping = config.normalization_mapping
+        if not config.use_state:  # image-only: the state is neither read nor normalised
+            mapping = {k: v for k, v in mapping.items() if k != STATE_KEY}
+        self.dataset_stats = _stats_as_lists(dataset_stats, mapping)
         self.normalizer = Normalizer(
-            dataset_stats,
-            config.normalization_mapping,
-            shapes={STATE_KEY: config.state_dim, ACTION_KEY: config.action_dim},
+            dataset_stats, mapping, shapes={STATE_KEY: config.state_dim, ACTION_KEY: config.action_dim}
         )
         denoiser_class = CNNDenoiser if isinstance(config.denoiser, CNNDenoiserConfig) else MoDEDenoiser
         self.denoiser = denoiser_class(config.denoiser)
+        if config.image_keys:  # absent for state-only policies: their weights stay exactly as before
+            self.vision = VisionEncoder(
+                len(config.image_keys),
+                language_encoder.dim if config.vision_film else 0,
+                config.vision_feature_dim,
+                backbone=config.vision_backbone,
+                norm=config.vision_norm,
+                pool=config.vision_pool,
+                shared=config.vision_shared,
+                num_keypoints=config.vision_num_keypoints,
+                pretrained_path=config.vision_pretrained_path,
+            )
+            if config.use_state:
+                self.state_proj = nn.Linear(config.state_dim, config.vision_feature_dim)
         self.sigma_distribution = config.sigma_distribution()
-        self._obs_queue: collections.deque[torch.Tensor] = collections.deque(maxlen=config.n_obs_steps)
+        self._obs_queue: collections.deque[dict[str, torch.Tensor]] = collections.deque(
+            maxlen=config.n_obs_steps
+        )
         self._action_queue: collections.deque[torch.Tensor] = collections.deque()
 
     # Properties -----------------------------------------------------------------------------------------
@@ -114,17 +135,20 @@ class MoDEPolicy(nn.Module):
         ``z_loss`` (scalars) and ``expert_fraction`` (layers, routed experts).
         """
         config = self.config
-        state = self._tensor(
-            batch, STATE_KEY, (config.n_obs_steps, config.state_dim), "(B, n_obs_steps, state_dim)"
-        )
-        batch_size = state.shape[0]
+        state = None
+        if config.use_state:
+            state = self._tensor(
+                batch, STATE_KEY, (config.n_obs_steps, config.state_dim), "(B, n_obs_steps, state_dim)"
+            )
         action = self._tensor(
             batch,
             ACTION_KEY,
             (config.chunk_size, config.action_dim),
             "(B, chunk_size, action_dim)",
-            batch_size,
+            None if state is None else state.shape[0],
         )
+        batch_size = action.shape[0]
+        images = self._images(batch, batch_size, augment=self.training, generator=generator)
         tasks = _tasks(batch, batch_size)
         mask = None
         if batch.get("action_is_pad") is not None:
@@ -135,9 +159,9 @@ class MoDEPolicy(nn.Module):
                     f"chunk_size={config.chunk_size}), got {tuple(is_pad.shape)}"
                 )
             mask = ~is_pad.bool()
-        obs = self.normalizer.normalize(STATE_KEY, state)  # (B, n_obs_steps, state_dim)
-        target = self.normalizer.normalize(ACTION_KEY, action)  # (B, chunk_size, action_dim)
         goal = self._goal(tasks)  # (B, goal_dim)
+        obs = self._obs_tokens(state, images, goal)  # (B, obs tokens, obs_dim)
+        target = self.normalizer.normalize(ACTION_KEY, action)  # (B, chunk_size, action_dim)
         sigma = self.sigma_distribution.sample(
             (batch_size,), generator=generator, device=self.device, dtype=self.dtype
         )
@@ -164,13 +188,16 @@ class MoDEPolicy(nn.Module):
         ``config.use_expert_cache``. ``generator`` (on the policy's device) makes the draw reproducible.
         """
         config = self.config
-        state = self._inference_state(obs)  # (B, n_obs_steps, state_dim)
-        tasks = _tasks(obs, state.shape[0])
+        state = self._inference_state(obs) if config.use_state else None  # (B, n_obs_steps, state_dim)
+        images = self._inference_images(obs, None if state is None else state.shape[0])
+        batch_size = state.shape[0] if state is not None else next(iter(images.values())).shape[0]
+        tasks = _tasks(obs, batch_size)
         with self._eval_mode():
             sigmas = config.sampling_sigmas(dtype=self.dtype, device=self.device)
+            goal = self._goal(tasks)
             actions = self.denoiser.sample_actions(
-                self.normalizer.normalize(STATE_KEY, state),
-                self._goal(tasks),
+                self._obs_tokens(state, images, goal),
+                goal,
                 sigmas,
                 method=config.sampler,
                 generator=generator,
@@ -193,21 +220,23 @@ class MoDEPolicy(nn.Module):
         the model runs once every n_action_steps calls. Call ``reset()`` at every episode start.
         """
         config = self.config
-        state = self._current_state(obs)  # (B, state_dim)
-        if self._obs_queue and self._obs_queue[-1].shape[0] != state.shape[0]:
-            raise ValueError(
-                f"batch size changed from {self._obs_queue[-1].shape[0]} to {state.shape[0]} within an "
-                "episode; call policy.reset() before starting new episodes"
-            )
+        current = self._current_obs(obs)  # {key: (B, ...)} for the state and each camera
+        size = next(iter(current.values())).shape[0]
+        if self._obs_queue:
+            previous = next(iter(self._obs_queue[-1].values())).shape[0]
+            if previous != size:
+                raise ValueError(
+                    f"batch size changed from {previous} to {size} within an episode; call policy.reset() "
+                    "before starting new episodes"
+                )
         if not self._obs_queue:
-            self._obs_queue.extend([state] * config.n_obs_steps)
+            self._obs_queue.extend([current] * config.n_obs_steps)
         else:
-            self._obs_queue.append(state)
+            self._obs_queue.append(current)
         if not self._action_queue:
-            history = torch.stack(list(self._obs_queue), dim=1)  # (B, n_obs_steps, state_dim)
-            chunk = self.predict_action_chunk(
-                {STATE_KEY: history, TASK_KEY: obs.get(TASK_KEY)}, generator=generator
-            )
+            # (B, n_obs_steps, ...) per key
+            history = {key: torch.stack([o[key] for o in self._obs_queue], dim=1) for key in current}
+            chunk = self.predict_action_chunk({**history, TASK_KEY: obs.get(TASK_KEY)}, generator=generator)
             self._action_queue.extend(chunk[:, : config.n_action_steps].unbind(dim=1))
         return self._action_queue.popleft()
 
@@ -301,6 +330,99 @@ class MoDEPolicy(nn.Module):
         finally:
             self.train(was_training)
 
+    def _obs_tokens(
+        self, state: torch.Tensor | None, images: dict[str, torch.Tensor], goal: torch.Tensor
+    ) -> torch.Tensor:
+        """Raw state (B, T, state_dim) and camera images (B, T, 3, H, W) -> (B, tokens, obs_dim).
+
+        State only: the normalised states, one token per step (unchanged from the state-only policy).
+        With cameras: per step [camera_1, ..., camera_n, state], each ``vision_feature_dim`` wide.
+        """
+        config = self.config
+        if not config.image_keys:
+            return self.normalizer.normalize(STATE_KEY, state)
+        batch, steps = next(iter(images.values())).shape[:2]
+        stacked = torch.stack([images[key] for key in config.image_keys], dim=2)  # (B, T, cams, 3, H, W)
+        stacked = self.vision.normalize(stacked.flatten(0, 1))  # (B*T, cams, 3, H, W)
+        cond = goal.repeat_interleave(steps, dim=0) if config.vision_film else None
+        tokens = self.vision(stacked, cond).reshape(batch, steps, len(config.image_keys), -1)
+        if state is not None:
+            state_token = self.state_proj(self.normalizer.normalize(STATE_KEY, state))  # (B, T, F)
+            tokens = torch.cat([tokens, state_token.unsqueeze(2)], dim=2)
+        return tokens.flatten(1, 2)
+
+    def _images(
+        self,
+        batch: Mapping[str, Any],
+        batch_size: int,
+        *,
+        augment: bool,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Training images (B, n_obs_steps, 3, H, W) per camera on the device; random shift if ``augment``."""
+        config = self.config
+        images = {}
+        for key in config.image_keys:
+            if key not in batch:
+                raise KeyError(
+                    f"batch has no camera {key!r} (config.image_keys); expected (B, n_obs_steps, 3, H, W), "
+                    f"got keys {sorted(batch)}"
+                )
+            value = torch.as_tensor(batch[key])
+            if value.dim() != 5 or value.shape[0] != batch_size or value.shape[1] != config.n_obs_steps:
+                raise ValueError(
+                    f"{key!r} must have shape (B={batch_size}, n_obs_steps={config.n_obs_steps}, 3, H, W), "
+                    f"got {tuple(value.shape)}"
+                )
+            value = _channels_first(value).to(self.device)
+            if augment and config.image_shift > 0:
+                flat = random_shift(value.flatten(0, 1), config.image_shift, generator=generator)
+                value = flat.reshape(value.shape)
+            images[key] = value
+        return images
+
+    def _inference_images(self, obs: Mapping[str, Any], batch_size: int | None) -> dict[str, torch.Tensor]:
+        """obs cameras as (B, n_obs_steps, 3, H, W) ((B, 3, H, W) accepted when n_obs_steps == 1)."""
+        config = self.config
+        images = {}
+        for key in config.image_keys:
+            if key not in obs:
+                raise KeyError(
+                    f"observation has no camera {key!r} (config.image_keys); got keys {sorted(obs)}"
+                )
+            value = torch.as_tensor(obs[key])
+            if config.n_obs_steps == 1 and value.dim() == 4:
+                value = value.unsqueeze(1)
+            if value.dim() != 5 or value.shape[1] != config.n_obs_steps:
+                raise ValueError(
+                    f"{key!r} must have shape (B, n_obs_steps={config.n_obs_steps}, 3, H, W), got "
+                    f"{tuple(value.shape)}"
+                )
+            if batch_size is not None and value.shape[0] != batch_size:
+                raise ValueError(f"{key!r} has batch size {value.shape[0]}, the state has {batch_size}")
+            batch_size = value.shape[0]
+            images[key] = _channels_first(value).to(self.device)
+        return images
+
+    def _current_obs(self, obs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """One env step's observation: the state (B, state_dim) and each camera (B, 3, H, W)."""
+        current = {}
+        if self.config.use_state:
+            current[STATE_KEY] = self._current_state(obs)
+        for key in self.config.image_keys:
+            if key not in obs:
+                raise KeyError(
+                    f"observation has no camera {key!r} (config.image_keys); got keys {sorted(obs)}"
+                )
+            value = torch.as_tensor(obs[key])
+            if value.dim() != 4:
+                raise ValueError(
+                    f"select_action takes {key!r} of the current step with shape (B, 3, H, W), got "
+                    f"{tuple(value.shape)} (the policy keeps the history)"
+                )
+            current[key] = _channels_first(value).to(self.device)
+        return current
+
     def _goal(self, tasks: list[str]) -> torch.Tensor:
         """(B,) instructions -> (B, goal_dim) embeddings on the policy's device."""
         return self.language_encoder.encode(tasks).to(device=self.device, dtype=self.dtype)
@@ -361,6 +483,13 @@ class MoDEPolicy(nn.Module):
                 f"state_dim={self.config.state_dim}), got {tuple(state.shape)} (the policy keeps the history)"
             )
         return _finite(state, STATE_KEY).to(device=self.device, dtype=self.dtype)
+
+
+def _channels_first(images: torch.Tensor) -> torch.Tensor:
+    """(..., H, W, 3) -> (..., 3, H, W) when the channels are clearly last (as renderers give them)."""
+    if images.shape[-1] == 3 and images.shape[-3] != 3:
+        return images.movedim(-1, -3)
+    return images
 
 
 def _finite(tensor: torch.Tensor, key: str) -> torch.Tensor:

@@ -74,7 +74,9 @@ def _parse_value(raw: str) -> Any:
 def policy_config_for(dataset: Any, overrides: Mapping[str, Any] | None = None) -> MoDEPolicyConfig:
     """The policy config for a LeRobot dataset: sizes and task list from the data, then the overrides."""
     overrides = parse_overrides(overrides)
-    for feature in (STATE_KEY, ACTION_KEY):
+    image_keys = overrides.get("image_keys") or []
+    needed = (ACTION_KEY,) if image_keys and overrides.get("use_state") is False else (STATE_KEY, ACTION_KEY)
+    for feature in needed:
         if feature not in dataset.features:
             raise ValueError(
                 f"the dataset at {dataset.root} has no {feature!r} feature (found "
@@ -82,10 +84,22 @@ def policy_config_for(dataset: Any, overrides: Mapping[str, Any] | None = None) 
             )
     values = MoDEPolicyConfig().to_dict()
     values.update(
-        state_dim=int(dataset.features[STATE_KEY]["shape"][0]),
         action_dim=int(dataset.features[ACTION_KEY]["shape"][0]),
         tasks=list(dataset.tasks),
     )
+    if STATE_KEY in dataset.features:
+        values["state_dim"] = int(dataset.features[STATE_KEY]["shape"][0])
+    if image_keys:
+        cameras = [k for k, ft in dataset.features.items() if ft.get("dtype") in ("image", "video")]
+        unknown = [k for k in image_keys if k not in cameras] if isinstance(image_keys, list) else image_keys
+        if unknown:
+            raise ValueError(
+                f"image_keys {unknown} are not camera features of the dataset at {dataset.root}; its "
+                f"cameras: {cameras}"
+            )
+        # The simulator renders evaluation frames at the size the policy was trained on.
+        height, width = (int(d) for d in dataset.features[image_keys[0]]["shape"][:2])
+        values["image_size"] = height if height == width else [height, width]
     kind = overrides.pop("denoiser.kind", "mode")
     if kind not in ("mode", "cnn"):
         raise ValueError(f"denoiser.kind must be 'mode' (the transformer family) or 'cnn', got {kind!r}")

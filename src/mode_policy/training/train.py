@@ -177,7 +177,13 @@ def train(
     L.seed_everything(settings.seed, verbose=False)  # same initial weights on every rank
     config = MoDEPolicyConfig.from_dict(settings.policy)
     policy = MoDEPolicy(config, dataset.stats)
-    windows = ActionChunkDataset(dataset, n_obs_steps=config.n_obs_steps, chunk_size=config.chunk_size)
+    windows = ActionChunkDataset(
+        dataset,
+        n_obs_steps=config.n_obs_steps,
+        chunk_size=config.chunk_size,
+        state_key="observation.state" if config.use_state else None,
+        image_keys=config.image_keys,
+    )
     module = PolicyModule(
         policy,
         OptimConfig(
