@@ -58,6 +58,9 @@ def collect(args: argparse.Namespace) -> int:
             progress=True,
             workers=args.workers,
             overwrite=args.overwrite,
+            cameras=args.cameras,
+            image_size=args.image_size,
+            image_format=args.image_format,
         )
     except (ValueError, FileExistsError) as err:  # bad task names, existing output: a message, no traceback
         print(f"mode-policy collect: error: {err}", file=sys.stderr)
@@ -148,6 +151,67 @@ def quickstart_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def distill_command(args: argparse.Namespace) -> int:
+    """Distil a trained MoDE policy into a one-step mixture of Gaussian experts (VDD)."""
+    from mode_policy.distill import TeacherError, distill
+
+    try:
+        result = distill(
+            args.teacher,
+            args.dataset,
+            args.out,
+            experts=args.experts,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            lr=args.lr,
+            covariance=args.covariance,
+            samples_per_expert=args.samples_per_expert,
+            score_sigmas=[float(s) for s in args.sigmas.split(",")],
+            gating_targets=args.gating_targets,
+            student_overrides={"action_mode": args.action_mode},
+            max_minutes=args.max_minutes,
+            overwrite=args.overwrite,
+        )
+    except (TeacherError, ValueError, FileExistsError, FileNotFoundError) as err:
+        print(f"mode-policy distill: error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"VDD student ({result.student.config.num_experts} experts) saved to {result.out / 'policy'} after "
+        f"{result.seconds:.0f} s; curves {result.out / 'distill_curve.png'}; evaluate it with "
+        f"`mode-policy eval --policy {result.out}`"
+    )
+    return 0
+
+
+def _add_distill_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "distill", help="distil a trained MoDE policy into a one-step Gaussian mixture of experts (VDD)"
+    )
+    parser.add_argument("--teacher", required=True, help="MoDE run dir, save_pretrained dir or shipped name")
+    parser.add_argument("--out", required=True, help="run directory for the student (OUT/policy, curves)")
+    parser.add_argument("--experts", type=int, default=4, help="Gaussian experts (4)")
+    parser.add_argument("--dataset", default=None, help="states from here (default: the teacher run's data)")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=64, help="states per step (64)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--covariance", choices=["full", "diagonal"], default="full")
+    parser.add_argument("--samples-per-expert", type=int, default=1, help="reparameterised draws per step")
+    parser.add_argument("--sigmas", default="0.05,0.1,0.2", help="teacher noise levels of the score")
+    parser.add_argument(
+        "--gating-targets", choices=["data", "teacher"], default="data",
+        help="actions whose responsibilities refit the gating: demonstrations or teacher samples",
+    )  # fmt: skip
+    parser.add_argument(
+        "--action-mode", choices=["mean", "greedy", "sample"], default="mean",
+        help="acting: mean of a sampled expert (VDD), mean of the likeliest expert, or a full draw",
+    )  # fmt: skip
+    parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
+    parser.add_argument("--overwrite", action="store_true", help="replace a student already at --out")
+    parser.set_defaults(run=distill_command)
+
+
 def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     train_parser = commands.add_parser("train", help="train a MoDE policy on a LeRobot dataset")
     train_parser.add_argument("--dataset", required=True, help="LeRobotDataset v3 folder")
@@ -227,8 +291,19 @@ def build_parser() -> argparse.ArgumentParser:
     collect_parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing dataset at --out"
     )
+    collect_parser.add_argument(
+        "--cameras",
+        default=None,
+        help="also render these Meta-World cameras, e.g. corner,gripper (corner, corner2, corner3, corner4, "
+        "topview, behindGripper, gripperPOV; gripper = gripperPOV); CPU needs libosmesa6",
+    )
+    collect_parser.add_argument("--image-size", type=int, default=96, help="camera frames are SIZE x SIZE")
+    collect_parser.add_argument(
+        "--image-format", choices=["video", "image"], default="video", help="MP4 videos (PyAV) or PNG frames"
+    )
     collect_parser.set_defaults(run=collect)
     _add_training_commands(commands)
+    _add_distill_command(commands)
     return parser
 
 

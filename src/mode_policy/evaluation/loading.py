@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,29 @@ def load_policy(policy_or_dir: Any, device: str | None = None) -> tuple[Any, Pat
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if hasattr(policy_or_dir, "predict_action_chunk"):
         return policy_or_dir.eval(), None, None
+    policy_dir, run_dir = resolve_policy_dir(policy_or_dir)
+    return policy_class(policy_dir).from_pretrained(policy_dir, device=device), policy_dir, run_dir
+
+
+def policy_class(policy_dir: str | Path) -> type:
+    """The class that loads a ``save_pretrained`` directory, from config.json's ``policy_type``.
+
+    MoDE policies carry no ``policy_type`` (the default); distilled VDD students carry ``"vdd"``.
+    """
     from mode_policy.policies.modeling_mode import MoDEPolicy
 
-    policy_dir, run_dir = resolve_policy_dir(policy_or_dir)
-    return MoDEPolicy.from_pretrained(policy_dir, device=device), policy_dir, run_dir
+    path = Path(policy_dir) / POLICY_CONFIG
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return MoDEPolicy  # its from_pretrained reports a missing or malformed config.json precisely
+    kind = values.get("policy_type") if isinstance(values, dict) else None
+    if kind is None or kind == "mode":
+        return MoDEPolicy
+    if kind == "vdd":
+        from mode_policy.distill.modeling_vdd import VDDPolicy
+
+        return VDDPolicy
+    raise ValueError(
+        f"{path} has policy_type {kind!r}, which this version cannot load; known: 'mode' (or none), 'vdd'"
+    )

@@ -1,0 +1,248 @@
+"""VDDPolicy: the teacher's normaliser and language encoder + a one-step mixture of Gaussian experts.
+
+student = VDDPolicy.from_teacher(teacher, num_experts=4)        # shares the teacher's encoder and stats
+chunk = student.predict_action_chunk({"observation.state": s, "task": [instruction]})   # one network call
+student.save_pretrained("run/policy"); student = VDDPolicy.from_pretrained("run/policy")
+
+Same public interface as ``MoDEPolicy`` (predict_action_chunk, select_action, reset, save_pretrained,
+from_pretrained), so ``mode_policy.evaluation.evaluate`` runs it unchanged. Acting (``action_mode``):
+"mean" samples an expert from the gating and returns its mean (VDD's reference agent, non-greedy),
+"greedy" returns the mean of the most likely expert, "sample" a full draw from the mixture.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mode_policy.distill.configuration_vdd import VDDPolicyConfig
+from mode_policy.distill.mixture import MixtureParams
+from mode_policy.distill.network import VDDNetwork
+from mode_policy.io import atomic_write, atomic_write_text
+from mode_policy.nn.encoders.language import LanguageEncoder, make_language_encoder
+from mode_policy.policies.configuration_mode import ACTION_KEY, STATE_KEY
+from mode_policy.policies.modeling_mode import _finite, _stats_as_lists, _tasks
+from mode_policy.policies.normalizer import Normalizer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+STATS_FILE = "stats.json"
+TASK_KEY = "task"
+
+
+class VDDPolicy(nn.Module):
+    """A language-conditioned Gaussian-mixture policy over state observations (a distilled student).
+
+    config: a VDDPolicyConfig. dataset_stats: LeRobot stats layout (the teacher's; restored by
+    from_pretrained). language_encoder: an already built encoder (e.g. the teacher's) of the right dim.
+    """
+
+    name = "vdd"
+
+    def __init__(
+        self,
+        config: VDDPolicyConfig,
+        dataset_stats: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        language_encoder: LanguageEncoder | None = None,
+    ) -> None:
+        super().__init__()
+        config.validate()
+        if language_encoder is None:
+            language_encoder = make_language_encoder(
+                config.language_encoder, tasks=config.tasks, path=config.language_encoder_path
+            )
+        if config.goal_dim is not None and config.goal_dim != language_encoder.dim:
+            raise ValueError(
+                f"the language encoder gives {language_encoder.dim}-d embeddings but config "
+                f"language_encoder={config.language_encoder!r} implies {config.goal_dim}"
+            )
+        self.config = config
+        self.language_encoder = language_encoder
+        self.dataset_stats = _stats_as_lists(dataset_stats, config.normalization_mapping)
+        self.normalizer = Normalizer(
+            dataset_stats,
+            config.normalization_mapping,
+            shapes={STATE_KEY: config.state_dim, ACTION_KEY: config.action_dim},
+        )
+        self.network = VDDNetwork(config, language_encoder.dim)
+        self._obs_queue: collections.deque[torch.Tensor] = collections.deque(maxlen=config.n_obs_steps)
+        self._action_queue: collections.deque[torch.Tensor] = collections.deque()
+
+    @classmethod
+    def from_teacher(cls, teacher: Any, **overrides: Any) -> VDDPolicy:
+        """A fresh student of a MoDEPolicy: its layout, encoder (shared object) and normalisation stats."""
+        config = VDDPolicyConfig.from_teacher(teacher.config, **overrides)
+        student = cls(config, teacher.dataset_stats, language_encoder=teacher.language_encoder)
+        return student.to(teacher.device)
+
+    # Properties -----------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.network.mean_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.network.mean_head.weight.dtype
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Student parameters (all active at every call; the frozen language encoder is not counted)."""
+        total = sum(p.numel() for p in self.network.parameters())
+        return {"total": total, "active": total}
+
+    # The mixture ----------------------------------------------------------------------------------------
+    def encode_inputs(self, state: torch.Tensor, tasks: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw states (B, n_obs_steps, state_dim) + B instructions -> (normalised states, goal (B, goal_dim)).
+
+        Exactly what the teacher's denoiser receives for the same observation.
+        """
+        obs = self.normalizer.normalize(STATE_KEY, state.to(device=self.device, dtype=self.dtype))
+        goal = self.language_encoder.encode(tasks).to(device=self.device, dtype=self.dtype)
+        return obs, goal
+
+    def mixture(self, obs: torch.Tensor, goal: torch.Tensor, *, need_scale: bool = True) -> MixtureParams:
+        """The mixture over normalised flat chunks (d = chunk_size * action_dim) at normalised inputs."""
+        return self.network(obs, goal, need_scale=need_scale)
+
+    # Inference ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_action_chunk(
+        self, obs: Mapping[str, Any], *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """A chunk of actions in the data's units, (B, chunk_size, action_dim), from one network call.
+
+        obs: ``observation.state`` (B, n_obs_steps, state_dim), or (B, state_dim) when n_obs_steps == 1;
+        ``task``: list[str] of length B (a single string is used for every row). ``generator`` (on the
+        policy's device) makes the expert choice (and, for "sample", the draw) reproducible.
+        """
+        config = self.config
+        state = self._inference_state(obs)
+        tasks = _tasks(obs, state.shape[0])
+        with self._eval_mode():
+            inputs = self.encode_inputs(state, tasks)
+            params = self.mixture(*inputs, need_scale=config.action_mode == "sample")
+            flat = params.act(config.action_mode, generator)  # (B, d), normalised
+        actions = flat.view(state.shape[0], config.chunk_size, config.action_dim)
+        if config.clip_sample and config.normalization_mapping[ACTION_KEY] == "min_max":
+            actions = actions.clamp(-1.0, 1.0)  # the data lie in [-1, 1] after min_max
+        return self.normalizer.unnormalize(ACTION_KEY, actions)
+
+    @torch.no_grad()
+    def select_action(
+        self, obs: Mapping[str, Any], *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """One environment step, (B, action_dim): a receding-horizon queue as ``MoDEPolicy.select_action``
+        (a chunk every n_action_steps calls; call ``reset()`` at every episode start)."""
+        config = self.config
+        if STATE_KEY not in obs:
+            raise KeyError(f"observation has no {STATE_KEY!r}; got keys {sorted(obs)}")
+        state = torch.as_tensor(obs[STATE_KEY])
+        if state.dim() != 2 or state.shape[1] != config.state_dim:
+            raise ValueError(
+                f"select_action takes {STATE_KEY!r} of the current step with shape (B, "
+                f"state_dim={config.state_dim}), got {tuple(state.shape)} (the policy keeps the history)"
+            )
+        state = _finite(state, STATE_KEY).to(device=self.device, dtype=self.dtype)
+        if self._obs_queue and self._obs_queue[-1].shape[0] != state.shape[0]:
+            raise ValueError(
+                f"batch size changed from {self._obs_queue[-1].shape[0]} to {state.shape[0]} within an "
+                "episode; call policy.reset() before starting new episodes"
+            )
+        if not self._obs_queue:
+            self._obs_queue.extend([state] * config.n_obs_steps)
+        else:
+            self._obs_queue.append(state)
+        if not self._action_queue:
+            history = torch.stack(list(self._obs_queue), dim=1)  # (B, n_obs_steps, state_dim)
+            chunk = self.predict_action_chunk(
+                {STATE_KEY: history, TASK_KEY: obs.get(TASK_KEY)}, generator=generator
+            )
+            self._action_queue.extend(chunk[:, : config.n_action_steps].unbind(dim=1))
+        return self._action_queue.popleft()
+
+    def reset(self) -> None:
+        """Forget the observation history and the queued actions (call at every episode start)."""
+        self._obs_queue.clear()
+        self._action_queue.clear()
+
+    # Saving and loading ---------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write model.safetensors (network + normaliser buffers), stats.json, then config.json, atomically
+        (a directory with a config.json is complete)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
+        atomic_write(
+            directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"})
+        )
+        atomic_write_text(directory / STATS_FILE, json.dumps(self.dataset_stats or {}, indent=2) + "\n")
+        self.config.save(directory / CONFIG_FILE)
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        language_encoder: LanguageEncoder | None = None,
+    ) -> VDDPolicy:
+        """Rebuild a student written by ``save_pretrained``, in eval mode, on ``device``."""
+        directory = Path(directory)
+        for name in (CONFIG_FILE, WEIGHTS_FILE, STATS_FILE):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(
+                    f"{directory} has no {name}; a saved VDD student holds {CONFIG_FILE}, {WEIGHTS_FILE} and "
+                    f"{STATS_FILE} (written by VDDPolicy.save_pretrained)"
+                )
+        config = VDDPolicyConfig.load(directory / CONFIG_FILE)
+        try:
+            stats = json.loads((directory / STATS_FILE).read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{directory / STATS_FILE} is not valid JSON ({error})") from None
+        policy = cls(config, stats or None, language_encoder=language_encoder)
+        weights = load_file(str(directory / WEIGHTS_FILE))
+        own = policy.state_dict()
+        missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+        resized = [k for k in sorted(set(own) & set(weights)) if own[k].shape != weights[k].shape]
+        if missing or unexpected or resized:
+            raise ValueError(
+                f"{directory / WEIGHTS_FILE} does not match {directory / CONFIG_FILE} (missing "
+                f"{missing[:3]}, unexpected {unexpected[:3]}, resized {resized[:3]}); was config.json edited "
+                "after saving?"
+            )
+        policy.load_state_dict(weights)
+        return policy.to(device).eval()
+
+    # Helpers ---------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
+    def _inference_state(self, obs: Mapping[str, Any]) -> torch.Tensor:
+        """obs['observation.state'] as (B, n_obs_steps, state_dim), finite, on the policy's device."""
+        config = self.config
+        if STATE_KEY not in obs:
+            raise KeyError(f"observation has no {STATE_KEY!r}; got keys {sorted(obs)}")
+        state = torch.as_tensor(obs[STATE_KEY])
+        if config.n_obs_steps == 1 and state.dim() == 2:
+            state = state.unsqueeze(1)
+        if state.dim() != 3 or tuple(state.shape[1:]) != (config.n_obs_steps, config.state_dim):
+            raise ValueError(
+                f"{STATE_KEY!r} must have shape (B, {config.n_obs_steps}, {config.state_dim}) "
+                f"(n_obs_steps, state_dim), got {tuple(torch.as_tensor(obs[STATE_KEY]).shape)}"
+            )
+        return _finite(state, STATE_KEY).to(device=self.device, dtype=self.dtype)

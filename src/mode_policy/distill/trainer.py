@@ -1,0 +1,360 @@
+"""``distill()``: VDD-distil a MoDE diffusion policy into a one-step mixture of Gaussian experts.
+
+result = distill("runs/mt10", out="runs/mt10-vdd", experts=4, steps=3000)
+student = VDDPolicy.from_pretrained("runs/mt10-vdd/policy")   # or mode-policy eval --policy runs/mt10-vdd
+
+Run directory::
+
+    OUT/policy/               the student (VDDPolicy.save_pretrained; config.json has policy_type "vdd")
+    OUT/distill_config.json   teacher, dataset and settings
+    OUT/metrics.csv           objective, gating entropy, teacher residual, ... every ``log_every`` steps
+    OUT/distill_curve.png     the same, plotted
+    OUT/distill_summary.json  steps, seconds, final metrics, parameter counts
+
+A plain loop rather than Lightning's ``train()``: one step is a student forward, one batched teacher call
+per score sigma (no grad) and one optimizer step on a small MLP; there is nothing to shard, checkpoint
+mid-run or average (EMA), and Lightning's per-step overhead would be a noticeable share of such steps on a
+CPU. The loop is about 40 lines and deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mode_policy.distill.modeling_vdd import VDDPolicy
+from mode_policy.distill.objective import vdd_loss
+from mode_policy.distill.teacher import (
+    TeacherError,
+    check_same_normalizer,
+    check_student_fits,
+    load_teacher,
+    teacher_score,
+)
+from mode_policy.io import atomic_write, atomic_write_text
+from mode_policy.policies.configuration_mode import ACTION_KEY, STATE_KEY
+from mode_policy.training.schedule import warmup_cosine
+
+GATING_TARGETS = ("data", "teacher")
+DEFAULT_SIGMAS = (0.05, 0.1, 0.2)
+
+
+@dataclass
+class DistillSettings:
+    """What ``distill()`` was asked to do; saved as OUT/distill_config.json."""
+
+    teacher: str
+    dataset: str | None
+    experts: int
+    steps: int
+    batch_size: int
+    seed: int
+    lr: float
+    samples_per_expert: int
+    score_sigmas: list[float]
+    gating_targets: str
+    log_every: int
+    student: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DistillResult:
+    student: VDDPolicy
+    history: list[dict[str, float]]  # one row per log_every steps
+    seconds: float
+    out: Path | None
+
+
+def distill(
+    teacher: Any,
+    data: Any = None,
+    out: str | Path | None = None,
+    *,
+    experts: int = 4,
+    steps: int = 2000,
+    batch_size: int = 64,
+    seed: int = 0,
+    lr: float = 3e-4,
+    samples_per_expert: int = 1,
+    score_sigmas: Sequence[float] = DEFAULT_SIGMAS,
+    gating_targets: str = "data",
+    covariance: str = "full",
+    student: VDDPolicy | None = None,
+    student_overrides: Mapping[str, Any] | None = None,
+    log_every: int = 10,
+    max_minutes: float | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> DistillResult:
+    """Distil ``teacher`` into a VDD student; returns it (and its history), saved under ``out`` if given.
+
+    teacher: a MoDEPolicy, a training run / saved policy directory / shipped name, or a bare denoiser
+    ``D(x, sigma, obs, goal)`` in normalised space (then pass ``student``, built for its layout).
+    data: where the states come from: a LeRobot dataset folder, an ``ActionChunkDataset`` (or any dataset
+    of such items), or a dict ``{"observation.state": (N, n_obs_steps, state_dim), "task": list[str] | str,
+    "action": (N, chunk_size, action_dim)}`` of raw values. None: the teacher run's training dataset
+    (RUN/train_config.json "dataset"). Actions are needed for ``gating_targets="data"``.
+    experts / covariance / student_overrides: the student (VDDPolicyConfig fields) when ``student`` is None.
+    score_sigmas: teacher noise levels whose scores stand in for grad log pi (normalised action units).
+    gating_targets: "data" (the batch's demonstration chunks, as VDD's reference code) or "teacher" (fresh
+    teacher samples: needs states only, costs one full teacher sampling per step).
+    """
+    if gating_targets not in GATING_TARGETS:
+        raise ValueError(f"gating_targets must be one of {list(GATING_TARGETS)}, got {gating_targets!r}")
+    _check_positive(steps=steps, batch_size=batch_size, samples_per_expert=samples_per_expert,
+                    log_every=log_every, experts=experts)  # fmt: skip
+    sigmas = [float(s) for s in score_sigmas]
+    if not sigmas or any(not s > 0 for s in sigmas):
+        raise ValueError(f"score_sigmas must be positive noise levels, got {list(score_sigmas)}")
+    out = None if out is None else Path(out)
+    if out is not None and (out / "policy" / "config.json").exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds a distilled policy; choose a new --out or overwrite=True")
+
+    torch.manual_seed(seed)  # the student's initial weights
+    teacher_policy, run_dir, denoiser = _resolve_teacher(teacher)
+    if student is None:
+        if teacher_policy is None:
+            raise TeacherError(
+                "a bare denoiser teacher has no encoder or normalisation to copy: pass student=VDDPolicy(...)"
+            )
+        overrides = {"num_experts": experts, "covariance": covariance, **(student_overrides or {})}
+        student = VDDPolicy.from_teacher(teacher_policy, **overrides)
+    elif teacher_policy is not None:
+        check_student_fits(student.config, teacher_policy.config)
+        check_same_normalizer(student, teacher_policy)
+    config = student.config
+    source = _batch_source(data, run_dir, config, need_actions=gating_targets == "data")
+    settings = DistillSettings(
+        teacher=str(teacher) if isinstance(teacher, (str, Path)) else type(teacher).__name__,
+        dataset=source.description, experts=config.num_experts, steps=steps, batch_size=batch_size,
+        seed=seed, lr=lr, samples_per_expert=samples_per_expert, score_sigmas=sigmas,
+        gating_targets=gating_targets, log_every=log_every, student=config.to_dict(),
+    )  # fmt: skip
+
+    device = student.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    optimizer = torch.optim.AdamW(student.network.parameters(), lr=lr, weight_decay=0.0)
+    warmup = min(100, steps // 10)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, warmup_steps=warmup, total_steps=steps, min_lr_ratio=0.1)
+    )
+    chunk_shape = (config.chunk_size, config.action_dim)
+    repeats = config.num_experts * samples_per_expert
+    history: list[dict[str, float]] = []
+    window: dict[str, list[float]] = {}
+    bar = _progress_bar(steps, progress)
+    student.train()
+    start = time.perf_counter()
+    step = 0
+    for step in range(1, steps + 1):
+        state, tasks, action = source.sample(batch_size, generator)
+        obs, goal = student.encode_inputs(state, tasks)  # the teacher's normalisation and encoder
+        params = student.mixture(obs, goal)
+        score_fn = teacher_score(
+            denoiser, obs, goal, sigmas=sigmas, repeats=repeats, action_shape=chunk_shape, generator=generator
+        )
+        if gating_targets == "data":
+            targets = student.normalizer.normalize(ACTION_KEY, action.to(device=device, dtype=student.dtype))
+        else:
+            targets = _teacher_samples(teacher_policy, denoiser, obs, goal, chunk_shape, generator)
+        loss = vdd_loss(params, score_fn, targets.flatten(1)[:, None], samples_per_expert=samples_per_expert,
+                        generator=generator)  # fmt: skip
+        if not bool(torch.isfinite(loss.total)):
+            raise FloatingPointError(
+                f"distillation loss became {loss.total.item()} at step {step}; lower --lr or use larger "
+                "score sigmas (the teacher's score at tiny sigmas can be extreme far from its data)"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.total.backward()
+        optimizer.step()
+        scheduler.step()
+        for key, value in loss.logs.items():
+            window.setdefault(key, []).append(float(value))
+        if step % log_every == 0 or step == steps:
+            row = {"step": step, **{k: sum(v) / len(v) for k, v in window.items()}}
+            row.update(lr=scheduler.get_last_lr()[0], seconds=round(time.perf_counter() - start, 3))
+            history.append(row)
+            window = {}
+            if bar is not None:
+                bar.set_postfix(
+                    residual=f"{row['teacher_residual']:.3f}", H_gate=f"{row['gating_entropy']:.2f}"
+                )
+        if bar is not None:
+            bar.update(1)
+        if max_minutes is not None and time.perf_counter() - start > 60 * max_minutes:
+            break
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - start
+    student.eval()
+    if out is not None:
+        _write_run(out, student, settings, history, seconds, step)
+    return DistillResult(student, history, seconds, out)
+
+
+# Teacher and data ---------------------------------------------------------------------------------------
+def _resolve_teacher(teacher: Any) -> tuple[Any, Path | None, Any]:
+    """(MoDEPolicy or None, its run dir or None, the denoiser D(x, sigma, obs, goal))."""
+    is_policy_like = isinstance(teacher, (str, Path)) or hasattr(teacher, "predict_action_chunk")
+    if not is_policy_like and callable(teacher):
+        return None, None, teacher
+    policy, run_dir = load_teacher(teacher)
+    return policy, run_dir, policy.denoiser.eval()
+
+
+@torch.no_grad()
+def _teacher_samples(policy, denoiser, obs, goal, chunk_shape, generator) -> torch.Tensor:
+    """Fresh teacher action chunks (B, chunk, action_dim), normalised: its own sampler and schedule."""
+    if policy is not None:
+        config = policy.config
+        sigmas = config.sampling_sigmas(dtype=obs.dtype, device=obs.device)
+        return denoiser.sample_actions(obs, goal, sigmas, method=config.sampler, generator=generator,
+                                       use_cache=config.use_expert_cache)  # fmt: skip
+    from mode_policy.diffusion.samplers import sample
+    from mode_policy.diffusion.schedules import exponential_schedule
+
+    sigmas = exponential_schedule(10, 0.05, 80.0, dtype=obs.dtype, device=obs.device)
+    noise = torch.randn((obs.shape[0], *chunk_shape), generator=generator, device=generator.device)
+    x = noise.to(device=obs.device, dtype=obs.dtype) * sigmas[0]
+    return sample(lambda x, sigma: denoiser(x, sigma, obs, goal), x, sigmas, method="ddim")
+
+
+class _BatchSource:
+    """Random batches (with replacement) of raw states, instructions and, when present, action chunks."""
+
+    def __init__(self, state, tasks, action, description: str | None) -> None:
+        self.state, self.tasks, self.action, self.description = state, tasks, action, description
+
+    def sample(self, batch_size: int, generator: torch.Generator):
+        rows = torch.randint(len(self.state), (batch_size,), generator=generator, device=generator.device)
+        rows = rows.cpu()
+        action = None if self.action is None else self.action[rows]
+        return self.state[rows], [self.tasks[i] for i in rows.tolist()], action
+
+
+def _batch_source(data: Any, run_dir: Path | None, config: Any, *, need_actions: bool) -> _BatchSource:
+    from mode_policy.data.lerobot import LeRobotDataset
+    from mode_policy.data.windows import ActionChunkDataset
+
+    description = None
+    if data is None:
+        data = _run_dataset(run_dir)
+    if isinstance(data, (str, Path)):
+        description = str(Path(data).resolve())
+        data = LeRobotDataset(data)
+    if isinstance(data, LeRobotDataset):
+        description = description or str(data.root.resolve())
+        data = ActionChunkDataset(data, n_obs_steps=config.n_obs_steps, chunk_size=config.chunk_size)
+    if isinstance(data, Mapping):
+        state = torch.as_tensor(data[STATE_KEY]).float()
+        if state.dim() == 2:
+            state = state.unsqueeze(1)
+        tasks = data.get("task")
+        tasks = [tasks] * len(state) if isinstance(tasks, str) else list(tasks or [])
+        action = None if data.get(ACTION_KEY) is None else torch.as_tensor(data[ACTION_KEY]).float()
+    else:  # a map-style dataset of ActionChunkDataset items
+        items = [data[i] for i in range(len(data))]
+        state = torch.stack([torch.as_tensor(it[STATE_KEY]) for it in items]).float()
+        tasks = [it["task"] for it in items]
+        action = torch.stack([torch.as_tensor(it[ACTION_KEY]) for it in items]).float()
+    expected = (config.n_obs_steps, config.state_dim)
+    if state.dim() != 3 or tuple(state.shape[1:]) != expected or len(state) == 0:
+        raise ValueError(
+            f"distillation states must have shape (N, n_obs_steps, state_dim) = (N, {expected[0]}, "
+            f"{expected[1]}) like the teacher's, got {tuple(state.shape)}; is this the teacher's dataset?"
+        )
+    if len(tasks) != len(state):
+        raise ValueError(f"need one task string per state: {len(tasks)} tasks for {len(state)} states")
+    if need_actions:
+        if action is None:
+            raise ValueError(
+                "gating_targets='data' needs the demonstration action chunks ('action'); pass a dataset with "
+                "actions or use gating_targets='teacher'"
+            )
+        if tuple(action.shape) != (len(state), config.chunk_size, config.action_dim):
+            raise ValueError(
+                f"'action' must have shape (N={len(state)}, chunk_size={config.chunk_size}, "
+                f"action_dim={config.action_dim}), got {tuple(action.shape)}"
+            )
+    return _BatchSource(state, tasks, action, description)
+
+
+def _run_dataset(run_dir: Path | None) -> str:
+    if run_dir is None or not (run_dir / "train_config.json").is_file():
+        raise ValueError(
+            "no dataset given and the teacher is not a training run with a train_config.json; pass the "
+            "teacher's training dataset (--dataset DIR / data=...)"
+        )
+    dataset = json.loads((run_dir / "train_config.json").read_text()).get("dataset")
+    if not dataset or not Path(dataset).is_dir():
+        raise ValueError(
+            f"{run_dir / 'train_config.json'} names the dataset {dataset!r}, which is not a folder here; "
+            "pass it with --dataset DIR"
+        )
+    return dataset
+
+
+# Output ---------------------------------------------------------------------------------------------------
+def _write_run(out: Path, student: VDDPolicy, settings: DistillSettings, history, seconds, steps) -> None:
+    from mode_policy.training.curves import write_metrics_csv
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "distill_config.json", json.dumps(asdict(settings), indent=2) + "\n")
+    if history:
+        write_metrics_csv(history, out / "metrics.csv")
+        plot_distill_curve(history, out / "distill_curve.png")
+    summary = {
+        "steps": steps,
+        "seconds": round(seconds, 2),
+        "final": history[-1] if history else {},
+        "parameters": student.parameter_counts(),
+    }
+    atomic_write_text(out / "distill_summary.json", json.dumps(summary, indent=2) + "\n")
+    student.save_pretrained(out / "policy")  # last: a run with policy/config.json is complete
+
+
+def plot_distill_curve(rows: list[dict[str, float]], path: str | Path) -> None:
+    """Objective, teacher residual (log) and gating entropy against the step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [row["step"] for row in rows]
+    figure, axes = plt.subplots(3, 1, figsize=(7, 7), sharex=True)
+    panels = (
+        ("objective", "expert objective (surrogate)", False),
+        ("teacher_residual", "RMS |D(a; sigma) - a|", True),
+        ("gating_entropy", "gating entropy (nats)", False),
+    )
+    for axis, (key, label, log) in zip(axes, panels, strict=True):
+        axis.plot(steps, [row.get(key) for row in rows])
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        if log:
+            axis.set_yscale("log")
+    axes[0].set_title("VDD distillation")
+    axes[-1].set_xlabel("step")
+    figure.tight_layout()
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    plt.close(figure)
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="distilling", unit="step")
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
