@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from mode_policy.evaluation import evaluate
 from mode_policy.evaluation.loading import resolve_policy_dir
@@ -58,3 +59,17 @@ def test_missing_osmesa_gives_a_clear_message(tiny_policy_dir, tmp_path, capsys,
     _run(tiny_policy_dir, episodes_per_task=1, max_episode_steps=3, num_workers=1, video_dir=tmp_path / "v")
     assert "libosmesa6" in capsys.readouterr().out
     assert not (tmp_path / "v").exists()
+
+
+def test_shipped_pretrained_policy_loads_and_acts():
+    from mode_policy.envs.metaworld import instruction
+    from mode_policy.evaluation.loading import load_policy, shipped_pretrained
+
+    assert "mt10-mode-small" in shipped_pretrained()
+    policy, policy_dir, _ = load_policy("mt10-mode-small", "cpu")
+    assert (policy_dir / "README.md").is_file()
+    assert policy.parameter_counts()["total"] < 10e6 / 2  # float16 weights: under 10 MB on disk
+    obs = {"observation.state": torch.zeros(2, 39), "task": [instruction("reach-v3"), instruction("push-v3")]}
+    actions = policy.predict_action_chunk(obs, generator=torch.Generator().manual_seed(0))
+    assert actions.shape == (2, 10, 4) and torch.isfinite(actions).all()
+    assert actions.abs().max() <= 1.0 + 1e-5  # inside the demonstrations' action range
