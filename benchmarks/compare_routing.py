@@ -22,13 +22,17 @@ import sys
 import time
 from pathlib import Path
 
-from mode_policy.data.collect import collect_demonstrations
-from mode_policy.evaluation.inspect import inspect_policy
-from mode_policy.evaluation.rollout import evaluate
-from mode_policy.io import atomic_write_text
-from mode_policy.nn.flops import count_chunk_macs
-from mode_policy.policies.modeling_mode import MoDEPolicy
-from mode_policy.training.train import train
+# benchmarks/metaworld.py would shadow the metaworld package here and in worker processes (they inherit
+# sys.path): drop this folder from the import path first.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from mode_policy.data.collect import collect_demonstrations  # noqa: E402
+from mode_policy.evaluation.inspect import inspect_policy  # noqa: E402
+from mode_policy.evaluation.rollout import evaluate  # noqa: E402
+from mode_policy.io import atomic_write_text  # noqa: E402
+from mode_policy.nn.flops import count_chunk_macs  # noqa: E402
+from mode_policy.policies.modeling_mode import MoDEPolicy  # noqa: E402
+from mode_policy.training.train import train  # noqa: E402
 
 
 def _load_sibling(name: str):
