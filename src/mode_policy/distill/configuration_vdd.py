@@ -12,12 +12,11 @@ trunk, and how an action is chosen at inference. ``policy_type: "vdd"`` in confi
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mode_policy.io import atomic_write_text
+from mode_policy.config_io import JSONConfig, check_positive_int, read_config_json
 from mode_policy.nn.encoders.language import LANGUAGE_ENCODERS, MINILM_DIM
 from mode_policy.policies.configuration_mode import ACTION_KEY, STATE_KEY, default_normalization
 from mode_policy.policies.normalizer import NORMALIZATION_MODES
@@ -41,7 +40,7 @@ INTERFACE_FIELDS = (
 
 
 @dataclass
-class VDDPolicyConfig:
+class VDDPolicyConfig(JSONConfig):
     """A mixture-of-Gaussian-experts policy pi(a|s) = sum_z q(z|s) N(a; mu_z(s), L_z(s) L_z(s)^T).
 
     Defaults: 4 experts with full (lower-triangular Cholesky) covariances over the 40-d Meta-World chunk
@@ -78,9 +77,9 @@ class VDDPolicyConfig:
         if self.policy_type != POLICY_TYPE:
             raise ValueError(f'VDDPolicyConfig.policy_type must be "{POLICY_TYPE}", got {self.policy_type!r}')
         for name in ("state_dim", "action_dim", "n_obs_steps", "chunk_size", "n_action_steps"):
-            _check_positive_int(name, getattr(self, name))
+            check_positive_int("VDDPolicyConfig", name, getattr(self, name))
         for name in ("num_experts", "hidden_dim", "depth"):
-            _check_positive_int(name, getattr(self, name))
+            check_positive_int("VDDPolicyConfig", name, getattr(self, name))
         if self.n_action_steps > self.chunk_size:
             raise ValueError(
                 f"VDDPolicyConfig.n_action_steps ({self.n_action_steps}) cannot exceed chunk_size "
@@ -168,36 +167,9 @@ class VDDPolicyConfig:
         return cls.from_dict(values)
 
     # Serialisation ----------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> VDDPolicyConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown VDDPolicyConfig key(s) {unknown}; valid keys are: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
-
-    def save(self, path: str | Path) -> None:
-        """Write the config as JSON, atomically."""
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
-
     @classmethod
     def load(cls, path: str | Path) -> VDDPolicyConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"no policy config at {path}; expected a config.json written by VDDPolicy.save_pretrained"
-            )
-        try:
-            values = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON ({error})") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"{path} must hold a JSON object of VDDPolicyConfig fields")
+        values = read_config_json(path, "VDDPolicy", "save_pretrained()")
         if values.get("policy_type") != POLICY_TYPE:
             raise ValueError(
                 f"{path} is not a VDD student (policy_type is {values.get('policy_type')!r}, expected "
@@ -205,8 +177,3 @@ class VDDPolicyConfig:
                 "mode_policy.evaluation.loading.load_policy"
             )
         return cls.from_dict(values)
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"VDDPolicyConfig.{name} must be a positive integer, got {value!r}")

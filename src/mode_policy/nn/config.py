@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import itertools
-import json
 import math
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
-from mode_policy.io import atomic_write_text
+from mode_policy.config_io import JSONConfig, check_positive_int
 
 # What each layer's router looks at (README "Routing variants"):
 # sigma (MoDE), token (DiT-MoE), task (M3ViT / Edge-MoE: the goal embedding), sigma_goal (the MoDE reference
@@ -21,7 +18,7 @@ RESIDUAL_VARIANTS = ("prenorm", "reference")
 
 
 @dataclass
-class MoDEConfig:
+class MoDEConfig(JSONConfig):
     """Everything that defines a MoDE denoiser's architecture.
 
     Expert counting: ``num_experts`` and ``top_k`` count *all* experts, the shared one included. With
@@ -82,9 +79,7 @@ class MoDEConfig:
             "router_hidden_mult",
         ]
         for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"MoDEConfig.{name} must be a positive integer, got {value!r}")
+            check_positive_int("MoDEConfig", name, getattr(self, name))
         if self.width % self.heads:
             raise ValueError(
                 f"MoDEConfig.width ({self.width}) must be divisible by heads ({self.heads}); "
@@ -186,38 +181,6 @@ class MoDEConfig:
     @property
     def routing_uses_goal(self) -> bool:
         return not self.is_dense and self.router_input in ("task", "sigma_goal")
-
-    # Serialisation ------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> MoDEConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown MoDEConfig key(s) {unknown}; valid keys are: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
-
-    def save(self, path: str | Path) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> MoDEConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"no config file at {path}; expected a config.json saved by MoDEConfig.save"
-            )
-        try:
-            values = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON ({error}); re-save it with MoDEConfig.save") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"{path} must hold a JSON object of MoDEConfig fields")
-        return cls.from_dict(values)
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -12,15 +12,14 @@ checkpoint's projection size for CLIP, filled in when the policy is built).
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mode_policy.config_io import JSONConfig, check_known_keys, check_positive_int, read_config_json
 from mode_policy.diffusion.noise_distributions import make_sigma_distribution
 from mode_policy.diffusion.samplers import SAMPLERS
 from mode_policy.diffusion.schedules import make_schedule
-from mode_policy.io import atomic_write_text
 from mode_policy.nn.cnn.config import CNNDenoiserConfig
 from mode_policy.nn.config import MoDEConfig
 from mode_policy.nn.encoders.language import LANGUAGE_ENCODERS, MINILM_DIM
@@ -43,7 +42,7 @@ def default_normalization() -> dict[str, str]:
 
 
 @dataclass
-class MoDEPolicyConfig:
+class MoDEPolicyConfig(JSONConfig):
     """A MoDE policy: observation/action layout, language conditioning, denoiser, training noise, sampler.
 
     Defaults target state-based Meta-World (39-d state, 4-d action in [-1, 1]) on a CPU: a width-128,
@@ -105,8 +104,8 @@ class MoDEPolicyConfig:
         Runs on construction; the policy runs it again, so fields edited afterwards are checked too.
         """
         for name in ("state_dim", "action_dim", "n_obs_steps", "chunk_size", "n_action_steps"):
-            _check_positive_int(name, getattr(self, name))
-        _check_positive_int("num_inference_steps", self.num_inference_steps)
+            check_positive_int("MoDEPolicyConfig", name, getattr(self, name))
+        check_positive_int("MoDEPolicyConfig", "num_inference_steps", self.num_inference_steps)
         if self.n_action_steps > self.chunk_size:
             raise ValueError(
                 f"MoDEPolicyConfig.n_action_steps ({self.n_action_steps}) cannot exceed chunk_size "
@@ -210,7 +209,7 @@ class MoDEPolicyConfig:
             if value not in choices:
                 raise ValueError(f"MoDEPolicyConfig.{name} must be one of {choices}, got {value!r}")
         for name in ("vision_feature_dim", "vision_num_keypoints"):
-            _check_positive_int(name, getattr(self, name))
+            check_positive_int("MoDEPolicyConfig", name, getattr(self, name))
         for name in ("vision_shared", "vision_film"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(
@@ -292,35 +291,15 @@ class MoDEPolicyConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MoDEPolicyConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown MoDEPolicyConfig key(s) {unknown}; valid keys are: {', '.join(sorted(known))}"
-            )
+        check_known_keys(cls, values)
         values = dict(values)
         if isinstance(values.get("denoiser"), dict):
             values["denoiser"] = _denoiser_from_dict(values["denoiser"])
         return cls(**values)
 
-    def save(self, path: str | Path) -> None:
-        """Write the config as JSON, atomically."""
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
-
     @classmethod
     def load(cls, path: str | Path) -> MoDEPolicyConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"no policy config at {path}; expected a config.json written by MoDEPolicy.save_pretrained"
-            )
-        try:
-            values = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON ({error})") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"{path} must hold a JSON object of MoDEPolicyConfig fields")
-        return cls.from_dict(values)
+        return cls.from_dict(read_config_json(path, "MoDEPolicy", "save_pretrained()"))
 
 
 def _denoiser_from_dict(values: dict[str, Any]) -> MoDEConfig | CNNDenoiserConfig:
@@ -330,8 +309,3 @@ def _denoiser_from_dict(values: dict[str, Any]) -> MoDEConfig | CNNDenoiserConfi
         return MoDEConfig.from_dict(values)
     except ValueError as error:
         raise ValueError(f"MoDEPolicyConfig.denoiser: {error}") from None
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"MoDEPolicyConfig.{name} must be a positive integer, got {value!r}")

@@ -7,20 +7,18 @@ The saved JSON carries ``"kind": "cnn"`` so that a loader can tell a CNN checkpo
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any, ClassVar
 
-from mode_policy.io import atomic_write_text
+from mode_policy.config_io import JSONConfig, check_known_keys, check_positive_int
 from mode_policy.nn.config import MoDEConfig
 
 KIND_KEY = "kind"
 
 
 @dataclass
-class CNNDenoiserConfig:
+class CNNDenoiserConfig(JSONConfig):
     """Chi et al. (2023) Diffusion Policy's 1-D temporal U-Net with FiLM conditioning, under EDM.
 
     ``down_dims``: channels of each U-Net level (the first level keeps the chunk's length, each further
@@ -66,7 +64,7 @@ class CNNDenoiserConfig:
             "cond_embed_dim",
         ]
         for name in positive:
-            _check_positive_int(name, getattr(self, name))
+            check_positive_int("CNNDenoiserConfig", name, getattr(self, name))
         if isinstance(self.down_dims, int) or not isinstance(self.down_dims, (list, tuple)):
             raise ValueError(
                 f"CNNDenoiserConfig.down_dims must be a non-empty list of channel counts, e.g. "
@@ -76,7 +74,7 @@ class CNNDenoiserConfig:
         if not self.down_dims:
             raise ValueError("CNNDenoiserConfig.down_dims must hold at least one level, e.g. (128, 256, 512)")
         for level, channels in enumerate(self.down_dims):
-            _check_positive_int(f"down_dims[{level}]", channels)
+            check_positive_int("CNNDenoiserConfig", f"down_dims[{level}]", channels)
             if channels % self.n_groups:
                 raise ValueError(
                     f"CNNDenoiserConfig.down_dims[{level}] = {channels} must be divisible by n_groups "
@@ -141,44 +139,11 @@ class CNNDenoiserConfig:
                 f"this config is for a denoiser of kind {kind!r}, not {cls.kind!r}; load it with that "
                 "denoiser's class (or mode_policy.nn.cnn.load_denoiser, which picks the class)"
             )
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            hint = ""
-            mode_fields = {f.name for f in fields(MoDEConfig)}
-            if set(unknown) <= mode_fields:
-                hint = (
-                    " (they are MoDEConfig fields: this looks like a MoDE transformer config; load it with "
-                    "MoDEDenoiser.from_pretrained or mode_policy.nn.cnn.load_denoiser)"
-                )
-            raise ValueError(
-                f"unknown CNNDenoiserConfig key(s) {unknown}{hint}; valid keys are: "
-                f"{', '.join(sorted(known | {KIND_KEY}))}"
+        hint = ""
+        if set(values) - {f.name for f in fields(cls)} <= {f.name for f in fields(MoDEConfig)}:
+            hint = (
+                " (they are MoDEConfig fields: this looks like a MoDE transformer config; load it with "
+                "MoDEDenoiser.from_pretrained or mode_policy.nn.cnn.load_denoiser)"
             )
+        check_known_keys(cls, values, extra=(KIND_KEY,), hint=hint)
         return cls(**values)
-
-    def save(self, path: str | Path) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> CNNDenoiserConfig:
-        return cls.from_dict(read_config_json(path, "CNNDenoiserConfig"))
-
-
-def read_config_json(path: str | Path, saved_by: str) -> dict[str, Any]:
-    """The JSON object in ``path``, with errors that say what to do."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no config file at {path}; expected a config.json saved by {saved_by}.save")
-    try:
-        values = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); re-save it with {saved_by}.save") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a JSON object of {saved_by} fields")
-    return values
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"CNNDenoiserConfig.{name} must be a positive integer, got {value!r}")

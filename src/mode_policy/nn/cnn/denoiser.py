@@ -20,9 +20,10 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from mode_policy.config_io import read_config_json
 from mode_policy.diffusion.preconditioning import EDMPreconditioning, expand_like
 from mode_policy.diffusion.samplers import sample
-from mode_policy.nn.cnn.config import KIND_KEY, CNNDenoiserConfig, read_config_json
+from mode_policy.nn.cnn.config import KIND_KEY, CNNDenoiserConfig
 from mode_policy.nn.cnn.unet import ConditionalUnet1D
 from mode_policy.nn.denoiser import CONFIG_FILE, WEIGHTS_FILE, DenoiserLoss, MoDEDenoiser
 from mode_policy.nn.expert_cache import ExpertCacheError
@@ -193,7 +194,7 @@ class CNNDenoiser(nn.Module):
 def load_denoiser(directory: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
     """Load whichever denoiser ``save_pretrained`` wrote into ``directory``: CNN if its config.json says
     ``"kind": "cnn"``, MoDE otherwise (MoDE configs carry no kind)."""
-    values = read_config_json(Path(directory) / CONFIG_FILE, "save_pretrained")
+    values = read_config_json(Path(directory) / CONFIG_FILE, "the denoiser", "save_pretrained()")
     if values.get(KIND_KEY) == CNNDenoiserConfig.kind:
         return CNNDenoiser.from_pretrained(directory, device=device)
     if KIND_KEY in values:

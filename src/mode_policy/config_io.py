@@ -1,0 +1,70 @@
+"""JSON serialisation shared by every config dataclass (denoisers, policies, the VDD student).
+
+A config class inherits ``JSONConfig`` and gets ``to_dict`` / ``from_dict`` (unknown keys refused, valid
+ones listed) / ``save`` (atomic) / ``load`` (missing file, bad JSON and non-objects explained).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from mode_policy.io import atomic_write_text
+
+
+class JSONConfig:
+    """Mixin for ``@dataclass`` configs; ``config_file_hint`` says what writes the file, for errors."""
+
+    config_file_hint = "save()"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        check_known_keys(cls, values)
+        return cls(**values)
+
+    def save(self, path: str | Path) -> None:
+        """Write the config as indented JSON, atomically."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path):
+        return cls.from_dict(read_config_json(path, cls.__name__, cls.config_file_hint))
+
+
+def check_known_keys(
+    cls: type, values: dict[str, Any], *, extra: tuple[str, ...] = (), hint: str = ""
+) -> None:
+    """Refuse keys that are not fields of ``cls`` (plus ``extra``), listing the valid ones."""
+    known = {f.name for f in fields(cls)} | set(extra)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown {cls.__name__} key(s) {unknown}{hint}; valid keys are: {', '.join(sorted(known))}"
+        )
+
+
+def read_config_json(path: str | Path, class_name: str, written_by: str = "save()") -> dict[str, Any]:
+    """The JSON object in ``path``, with errors that say what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no config file at {path}; expected a config.json written by {class_name}.{written_by}"
+        )
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); re-save it with {class_name}.save") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a JSON object of {class_name} fields")
+    return values
+
+
+def check_positive_int(owner: str, name: str, value: Any) -> None:
+    """``owner.name`` must be an int >= 1 (booleans refused)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{owner}.{name} must be a positive integer, got {value!r}")
