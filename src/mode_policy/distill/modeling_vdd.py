@@ -12,33 +12,23 @@ from_pretrained), so ``mode_policy.evaluation.evaluate`` runs it unchanged. Acti
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
 
 from mode_policy.distill.configuration_vdd import VDDPolicyConfig
 from mode_policy.distill.mixture import MixtureParams
 from mode_policy.distill.network import VDDNetwork
-from mode_policy.io import atomic_write, atomic_write_text
 from mode_policy.nn.encoders.language import LanguageEncoder, make_language_encoder
+from mode_policy.policies.base import CONFIG_FILE, ChunkingPolicy
 from mode_policy.policies.configuration_mode import ACTION_KEY, STATE_KEY
 from mode_policy.policies.modeling_mode import _finite, _stats_as_lists, _tasks
 from mode_policy.policies.normalizer import Normalizer
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-STATS_FILE = "stats.json"
-TASK_KEY = "task"
 
-
-class VDDPolicy(nn.Module):
+class VDDPolicy(ChunkingPolicy):
     """A language-conditioned Gaussian-mixture policy over state observations (a distilled student).
 
     config: a VDDPolicyConfig. dataset_stats: LeRobot stats layout (the teacher's; restored by
@@ -74,8 +64,7 @@ class VDDPolicy(nn.Module):
             shapes={STATE_KEY: config.state_dim, ACTION_KEY: config.action_dim},
         )
         self.network = VDDNetwork(config, language_encoder.dim)
-        self._obs_queue: collections.deque[torch.Tensor] = collections.deque(maxlen=config.n_obs_steps)
-        self._action_queue: collections.deque[torch.Tensor] = collections.deque()
+        self._init_queues(config.n_obs_steps)
 
     @classmethod
     def from_teacher(cls, teacher: Any, **overrides: Any) -> VDDPolicy:
@@ -135,12 +124,8 @@ class VDDPolicy(nn.Module):
             actions = actions.clamp(-1.0, 1.0)  # the data lie in [-1, 1] after min_max
         return self.normalizer.unnormalize(ACTION_KEY, actions)
 
-    @torch.no_grad()
-    def select_action(
-        self, obs: Mapping[str, Any], *, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """One environment step, (B, action_dim): a receding-horizon queue as ``MoDEPolicy.select_action``
-        (a chunk every n_action_steps calls; call ``reset()`` at every episode start)."""
+    def _current_obs(self, obs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """One env step's state (B, state_dim), finite, on the policy's device."""
         config = self.config
         if STATE_KEY not in obs:
             raise KeyError(f"observation has no {STATE_KEY!r}; got keys {sorted(obs)}")
@@ -150,43 +135,9 @@ class VDDPolicy(nn.Module):
                 f"select_action takes {STATE_KEY!r} of the current step with shape (B, "
                 f"state_dim={config.state_dim}), got {tuple(state.shape)} (the policy keeps the history)"
             )
-        state = _finite(state, STATE_KEY).to(device=self.device, dtype=self.dtype)
-        if self._obs_queue and self._obs_queue[-1].shape[0] != state.shape[0]:
-            raise ValueError(
-                f"batch size changed from {self._obs_queue[-1].shape[0]} to {state.shape[0]} within an "
-                "episode; call policy.reset() before starting new episodes"
-            )
-        if not self._obs_queue:
-            self._obs_queue.extend([state] * config.n_obs_steps)
-        else:
-            self._obs_queue.append(state)
-        if not self._action_queue:
-            history = torch.stack(list(self._obs_queue), dim=1)  # (B, n_obs_steps, state_dim)
-            chunk = self.predict_action_chunk(
-                {STATE_KEY: history, TASK_KEY: obs.get(TASK_KEY)}, generator=generator
-            )
-            self._action_queue.extend(chunk[:, : config.n_action_steps].unbind(dim=1))
-        return self._action_queue.popleft()
+        return {STATE_KEY: _finite(state, STATE_KEY).to(device=self.device, dtype=self.dtype)}
 
-    def reset(self) -> None:
-        """Forget the observation history and the queued actions (call at every episode start)."""
-        self._obs_queue.clear()
-        self._action_queue.clear()
-
-    # Saving and loading ---------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write model.safetensors (network + normaliser buffers), stats.json, then config.json, atomically
-        (a directory with a config.json is complete)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
-        atomic_write(
-            directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"})
-        )
-        atomic_write_text(directory / STATS_FILE, json.dumps(self.dataset_stats or {}, indent=2) + "\n")
-        self.config.save(directory / CONFIG_FILE)
-        return directory
-
+    # Loading --------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(
         cls,
@@ -196,42 +147,13 @@ class VDDPolicy(nn.Module):
         language_encoder: LanguageEncoder | None = None,
     ) -> VDDPolicy:
         """Rebuild a student written by ``save_pretrained``, in eval mode, on ``device``."""
-        directory = Path(directory)
-        for name in (CONFIG_FILE, WEIGHTS_FILE, STATS_FILE):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(
-                    f"{directory} has no {name}; a saved VDD student holds {CONFIG_FILE}, {WEIGHTS_FILE} and "
-                    f"{STATS_FILE} (written by VDDPolicy.save_pretrained)"
-                )
+        directory, stats = cls._read_saved(directory)
         config = VDDPolicyConfig.load(directory / CONFIG_FILE)
-        try:
-            stats = json.loads((directory / STATS_FILE).read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{directory / STATS_FILE} is not valid JSON ({error})") from None
         policy = cls(config, stats or None, language_encoder=language_encoder)
-        weights = load_file(str(directory / WEIGHTS_FILE))
-        own = policy.state_dict()
-        missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
-        resized = [k for k in sorted(set(own) & set(weights)) if own[k].shape != weights[k].shape]
-        if missing or unexpected or resized:
-            raise ValueError(
-                f"{directory / WEIGHTS_FILE} does not match {directory / CONFIG_FILE} (missing "
-                f"{missing[:3]}, unexpected {unexpected[:3]}, resized {resized[:3]}); was config.json edited "
-                "after saving?"
-            )
-        policy.load_state_dict(weights)
+        policy._load_weights(directory)
         return policy.to(device).eval()
 
     # Helpers ---------------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _eval_mode(self) -> Iterator[None]:
-        was_training = self.training
-        self.eval()
-        try:
-            yield
-        finally:
-            self.train(was_training)
-
     def _inference_state(self, obs: Mapping[str, Any]) -> torch.Tensor:
         """obs['observation.state'] as (B, n_obs_steps, state_dim), finite, on the policy's device."""
         config = self.config

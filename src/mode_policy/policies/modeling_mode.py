@@ -17,34 +17,25 @@ not applied again here.
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mode_policy.io import atomic_write, atomic_write_text
 from mode_policy.nn.cnn import CNNDenoiser, CNNDenoiserConfig
 from mode_policy.nn.denoiser import MoDEDenoiser
 from mode_policy.nn.encoders.language import LanguageEncoder, make_language_encoder
 from mode_policy.nn.encoders.vision import VisionEncoder, random_shift
+from mode_policy.policies.base import CONFIG_FILE, STATS_FILE, TASK_KEY, WEIGHTS_FILE, ChunkingPolicy
 from mode_policy.policies.configuration_mode import ACTION_KEY, STATE_KEY, MoDEPolicyConfig
 from mode_policy.policies.normalizer import Normalizer
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-STATS_FILE = "stats.json"
-TASK_KEY = "task"
 
-
-class MoDEPolicy(nn.Module):
+class MoDEPolicy(ChunkingPolicy):
     """A language-conditioned MoDE diffusion policy over state observations.
 
     config: the policy config (validated again here). dataset_stats: LeRobot stats.json layout
@@ -104,10 +95,7 @@ class MoDEPolicy(nn.Module):
             if config.use_state:
                 self.state_proj = nn.Linear(config.state_dim, config.vision_feature_dim)
         self.sigma_distribution = config.sigma_distribution()
-        self._obs_queue: collections.deque[dict[str, torch.Tensor]] = collections.deque(
-            maxlen=config.n_obs_steps
-        )
-        self._action_queue: collections.deque[torch.Tensor] = collections.deque()
+        self._init_queues(config.n_obs_steps)
 
     # Properties -----------------------------------------------------------------------------------------
     @property
@@ -208,60 +196,7 @@ class MoDEPolicy(nn.Module):
             actions = actions.clamp(-1.0, 1.0)
         return self.normalizer.unnormalize(ACTION_KEY, actions)
 
-    @torch.no_grad()
-    def select_action(
-        self, obs: Mapping[str, Any], *, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """One environment step: (B, action_dim) in the data's units.
-
-        obs: ``observation.state`` (B, state_dim) for the current step and ``task``. Keeps the last
-        n_obs_steps states (after ``reset`` the first state fills the history) and a queue of actions:
-        when the queue is empty a chunk is predicted and its first n_action_steps actions are queued, so
-        the model runs once every n_action_steps calls. Call ``reset()`` at every episode start.
-        """
-        config = self.config
-        current = self._current_obs(obs)  # {key: (B, ...)} for the state and each camera
-        size = next(iter(current.values())).shape[0]
-        if self._obs_queue:
-            previous = next(iter(self._obs_queue[-1].values())).shape[0]
-            if previous != size:
-                raise ValueError(
-                    f"batch size changed from {previous} to {size} within an episode; call policy.reset() "
-                    "before starting new episodes"
-                )
-        if not self._obs_queue:
-            self._obs_queue.extend([current] * config.n_obs_steps)
-        else:
-            self._obs_queue.append(current)
-        if not self._action_queue:
-            # (B, n_obs_steps, ...) per key
-            history = {key: torch.stack([o[key] for o in self._obs_queue], dim=1) for key in current}
-            chunk = self.predict_action_chunk({**history, TASK_KEY: obs.get(TASK_KEY)}, generator=generator)
-            self._action_queue.extend(chunk[:, : config.n_action_steps].unbind(dim=1))
-        return self._action_queue.popleft()
-
-    def reset(self) -> None:
-        """Forget the observation history and the queued actions (call at every episode start)."""
-        self._obs_queue.clear()
-        self._action_queue.clear()
-
-    # Saving and loading ---------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config.json, model.safetensors (denoiser + normaliser buffers) and stats.json, atomically.
-
-        The language encoder's weights are not saved: it is frozen and rebuilt from the config's name.
-        """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
-        atomic_write(
-            directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"})
-        )
-        atomic_write_text(directory / STATS_FILE, json.dumps(self.dataset_stats or {}, indent=2) + "\n")
-        # The config goes last: a directory with a config.json is a complete one.
-        self.config.save(directory / CONFIG_FILE)
-        return directory
-
+    # Loading ------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(
         cls,
@@ -271,22 +206,8 @@ class MoDEPolicy(nn.Module):
         language_encoder: LanguageEncoder | None = None,
     ) -> MoDEPolicy:
         """Rebuild a policy written by ``save_pretrained``, in eval mode, on ``device``."""
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise FileNotFoundError(
-                f"no policy directory at {directory}; pass a directory written by save_pretrained"
-            )
-        for name in (CONFIG_FILE, WEIGHTS_FILE, STATS_FILE):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(
-                    f"{directory} has no {name}; a saved MoDE policy holds {CONFIG_FILE}, {WEIGHTS_FILE} and "
-                    f"{STATS_FILE} (written by MoDEPolicy.save_pretrained)"
-                )
+        directory, stats = cls._read_saved(directory)
         config = MoDEPolicyConfig.load(directory / CONFIG_FILE)
-        try:
-            stats = json.loads((directory / STATS_FILE).read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{directory / STATS_FILE} is not valid JSON ({error})") from None
         try:
             policy = cls(config, stats or None, language_encoder=language_encoder)
         except (KeyError, ValueError) as error:
@@ -294,42 +215,19 @@ class MoDEPolicy(nn.Module):
                 f"{directory / STATS_FILE} does not fit {directory / CONFIG_FILE}: {error}"
             ) from None
         expected = {k: v.clone() for k, v in policy.normalizer.state_dict().items()} if stats else None
-        weights_path, config_path = directory / WEIGHTS_FILE, directory / CONFIG_FILE
-        weights = load_file(str(weights_path))
-        own = policy.state_dict()
-        missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
-        resized = [k for k in sorted(set(own) & set(weights)) if own[k].shape != weights[k].shape]
-        if missing or unexpected or resized:
-            details = [
-                f"{label} {keys[:3]}{' ...' if len(keys) > 3 else ''}"
-                for label, keys in (("missing", missing), ("unexpected", unexpected), ("resized", resized))
-                if keys
-            ]
-            raise ValueError(
-                f"{weights_path} does not match {config_path} ({'; '.join(details)}); was config.json "
-                "edited after saving?"
-            )
-        policy.load_state_dict(weights)
+        policy._load_weights(directory)
         if expected is not None:
             loaded = policy.normalizer.state_dict()
             for key, value in expected.items():
                 if not torch.allclose(value, loaded[key], rtol=1e-5, atol=1e-6, equal_nan=True):
                     raise ValueError(
-                        f"{directory / STATS_FILE} disagrees with the normaliser saved in {weights_path} "
+                        f"{directory / STATS_FILE} disagrees with the normaliser saved in "
+                        f"{directory / WEIGHTS_FILE} "
                         f"({key}); was one of them replaced after saving?"
                     )
         return policy.to(device).eval()
 
     # Helpers ---------------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _eval_mode(self) -> Iterator[None]:
-        was_training = self.training
-        self.eval()
-        try:
-            yield
-        finally:
-            self.train(was_training)
-
     def _obs_tokens(
         self, state: torch.Tensor | None, images: dict[str, torch.Tensor], goal: torch.Tensor
     ) -> torch.Tensor:

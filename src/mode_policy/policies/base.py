@@ -1,0 +1,142 @@
+"""What every policy shares: the receding-horizon action queue, eval-mode sampling, and the saved layout.
+
+A subclass provides ``config`` (with ``n_obs_steps`` and ``n_action_steps``), ``dataset_stats``,
+``predict_action_chunk(obs, generator=...)`` and ``_current_obs(obs) -> {key: (B, ...)}`` for one env
+step. Saved policies are a directory of config.json (written last: a directory with one is complete),
+model.safetensors and stats.json.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mode_policy.io import atomic_write, atomic_write_text
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+STATS_FILE = "stats.json"
+TASK_KEY = "task"
+
+
+class ChunkingPolicy(nn.Module):
+    """Base class of MoDEPolicy and VDDPolicy (``name`` is used in messages)."""
+
+    name = "policy"
+
+    def _init_queues(self, n_obs_steps: int) -> None:
+        self._obs_queue: collections.deque[dict[str, torch.Tensor]] = collections.deque(maxlen=n_obs_steps)
+        self._action_queue: collections.deque[torch.Tensor] = collections.deque()
+
+    def _current_obs(self, obs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def select_action(
+        self, obs: Mapping[str, Any], *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """One environment step: (B, action_dim) in the data's units.
+
+        obs: the current step's observation (``observation.state`` (B, state_dim), cameras) and ``task``.
+        Keeps the last n_obs_steps observations (after ``reset`` the first one fills the history) and a
+        queue of actions: when the queue is empty a chunk is predicted and its first n_action_steps
+        actions are queued, so the model runs once every n_action_steps calls. Call ``reset()`` at every
+        episode start.
+        """
+        config = self.config
+        current = self._current_obs(obs)  # {key: (B, ...)}
+        size = next(iter(current.values())).shape[0]
+        if self._obs_queue:
+            previous = next(iter(self._obs_queue[-1].values())).shape[0]
+            if previous != size:
+                raise ValueError(
+                    f"batch size changed from {previous} to {size} within an episode; call policy.reset() "
+                    "before starting new episodes"
+                )
+        if not self._obs_queue:
+            self._obs_queue.extend([current] * config.n_obs_steps)
+        else:
+            self._obs_queue.append(current)
+        if not self._action_queue:
+            # (B, n_obs_steps, ...) per key
+            history = {key: torch.stack([o[key] for o in self._obs_queue], dim=1) for key in current}
+            chunk = self.predict_action_chunk({**history, TASK_KEY: obs.get(TASK_KEY)}, generator=generator)
+            self._action_queue.extend(chunk[:, : config.n_action_steps].unbind(dim=1))
+        return self._action_queue.popleft()
+
+    def reset(self) -> None:
+        """Forget the observation history and the queued actions (call at every episode start)."""
+        self._obs_queue.clear()
+        self._action_queue.clear()
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
+    # Saving and loading ---------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write model.safetensors (network + normaliser buffers), stats.json, then config.json, atomically.
+
+        A frozen language encoder's weights are not saved: it is rebuilt from the config's name.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
+        atomic_write(
+            directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"})
+        )
+        atomic_write_text(directory / STATS_FILE, json.dumps(self.dataset_stats or {}, indent=2) + "\n")
+        self.config.save(directory / CONFIG_FILE)  # last: a directory with a config.json is complete
+        return directory
+
+    @classmethod
+    def _read_saved(cls, directory: str | Path) -> tuple[Path, dict]:
+        """(directory, stats) of a saved policy, after checking its three files are there."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(
+                f"no policy directory at {directory}; pass a directory written by save_pretrained"
+            )
+        for name in (CONFIG_FILE, WEIGHTS_FILE, STATS_FILE):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(
+                    f"{directory} has no {name}; a saved {cls.__name__} holds {CONFIG_FILE}, {WEIGHTS_FILE} "
+                    f"and {STATS_FILE} (written by {cls.__name__}.save_pretrained)"
+                )
+        try:
+            stats = json.loads((directory / STATS_FILE).read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{directory / STATS_FILE} is not valid JSON ({error})") from None
+        return directory, stats
+
+    def _load_weights(self, directory: Path) -> None:
+        """Load model.safetensors, refusing missing, unexpected or resized tensors by name."""
+        weights_path, config_path = directory / WEIGHTS_FILE, directory / CONFIG_FILE
+        weights = load_file(str(weights_path))
+        own = self.state_dict()
+        missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+        resized = [k for k in sorted(set(own) & set(weights)) if own[k].shape != weights[k].shape]
+        if missing or unexpected or resized:
+            details = [
+                f"{label} {keys[:3]}{' ...' if len(keys) > 3 else ''}"
+                for label, keys in (("missing", missing), ("unexpected", unexpected), ("resized", resized))
+                if keys
+            ]
+            raise ValueError(
+                f"{weights_path} does not match {config_path} ({'; '.join(details)}); was config.json "
+                "edited after saving?"
+            )
+        self.load_state_dict(weights)
