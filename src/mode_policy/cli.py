@@ -3,8 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+from collections.abc import Callable
+
+
+def reports_errors(command: str, *errors: type[Exception]) -> Callable:
+    """Turn the user errors a command expects (bad input, existing output, missing files) into one line
+    ``mode-policy <command>: error: ...`` on stderr and exit code 2, instead of a traceback."""
+
+    def decorate(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        @functools.wraps(run)
+        def wrapper(args: argparse.Namespace) -> int:
+            try:
+                return run(args)
+            except errors as err:
+                print(f"mode-policy {command}: error: {err}", file=sys.stderr)
+                return 2
+
+        return wrapper
+
+    return decorate
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -42,29 +62,26 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+@reports_errors("collect", ValueError, FileExistsError)  # bad task names, existing output
 def collect(args: argparse.Namespace) -> int:
     """Record Meta-World scripted-expert demonstrations into a LeRobotDataset v3."""
     from mode_policy.data.collect import collect_demonstrations
     from mode_policy.data.lerobot import LeRobotDataset
 
-    try:
-        out = collect_demonstrations(
-            args.out,
-            suite=args.suite,
-            tasks=args.tasks,
-            episodes_per_task=args.episodes_per_task,
-            seed=args.seed,
-            keep_failed=args.keep_failed,
-            progress=True,
-            workers=args.workers,
-            overwrite=args.overwrite,
-            cameras=args.cameras,
-            image_size=args.image_size,
-            image_format=args.image_format,
-        )
-    except (ValueError, FileExistsError) as err:  # bad task names, existing output: a message, no traceback
-        print(f"mode-policy collect: error: {err}", file=sys.stderr)
-        return 2
+    out = collect_demonstrations(
+        args.out,
+        suite=args.suite,
+        tasks=args.tasks,
+        episodes_per_task=args.episodes_per_task,
+        seed=args.seed,
+        keep_failed=args.keep_failed,
+        progress=True,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        cameras=args.cameras,
+        image_size=args.image_size,
+        image_format=args.image_format,
+    )
     dataset = LeRobotDataset(out)
     print(
         f"wrote {dataset.num_episodes} episodes, {dataset.num_frames} frames, {len(dataset.tasks)} tasks "
@@ -73,109 +90,94 @@ def collect(args: argparse.Namespace) -> int:
     return 0
 
 
+@reports_errors("train", ValueError, FileExistsError, FileNotFoundError)
 def train_command(args: argparse.Namespace) -> int:
     """Train a MoDE policy on a LeRobot dataset (Lightning; resumable; DDP by flags)."""
     from mode_policy.training.train import train
 
-    try:
-        run = train(
-            args.dataset,
-            args.out,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            resume=args.resume,
-            policy_overrides=args.set or None,
-            devices=int(args.devices) if args.devices.isdigit() else args.devices,
-            num_nodes=args.num_nodes,
-            strategy=args.strategy,
-            precision=args.precision,
-            lr=args.lr,
-            checkpoint_every=args.checkpoint_every,
-            max_minutes=args.max_minutes,
-            num_workers=args.num_workers,
-        )
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
-        print(f"mode-policy train: error: {err}", file=sys.stderr)
-        return 2
+    run = train(
+        args.dataset,
+        args.out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        resume=args.resume,
+        policy_overrides=args.set or None,
+        devices=int(args.devices) if args.devices.isdigit() else args.devices,
+        num_nodes=args.num_nodes,
+        strategy=args.strategy,
+        precision=args.precision,
+        lr=args.lr,
+        checkpoint_every=args.checkpoint_every,
+        max_minutes=args.max_minutes,
+        num_workers=args.num_workers,
+    )
     print(f"policy (EMA weights) saved to {run / 'policy'}; learning curve {run / 'learning_curve.png'}")
     return 0
 
 
+@reports_errors("eval", ValueError, FileNotFoundError)
 def eval_command(args: argparse.Namespace) -> int:
     """Evaluate a policy on Meta-World with seeded episodes; print and save the success table."""
     from mode_policy.evaluation.rollout import evaluate
 
-    try:
-        results = evaluate(
-            args.policy,
-            suite=args.suite,
-            tasks=args.tasks,
-            episodes_per_task=args.episodes_per_task,
-            seed=args.seed,
-            num_workers=args.workers,
-            video_dir=args.video_dir,
-            use_expert_cache=False if args.no_expert_cache else None,
-            out_dir=args.out,
-        )
-    except (ValueError, FileNotFoundError) as err:
-        print(f"mode-policy eval: error: {err}", file=sys.stderr)
-        return 2
+    results = evaluate(
+        args.policy,
+        suite=args.suite,
+        tasks=args.tasks,
+        episodes_per_task=args.episodes_per_task,
+        seed=args.seed,
+        num_workers=args.workers,
+        video_dir=args.video_dir,
+        use_expert_cache=False if args.no_expert_cache else None,
+        out_dir=args.out,
+    )
     if "results_dir" in results:
         print(f"results written to {results['results_dir']}")
     return 0
 
 
+@reports_errors("inspect", ValueError, FileNotFoundError)
 def inspect_command(args: argparse.Namespace) -> int:
     """Plot per-layer expert usage (sampler step x expert) of a trained policy."""
     from mode_policy.evaluation.inspect import inspect_policy
 
-    try:
-        report = inspect_policy(args.policy, args.out, dataset=args.dataset, seed=args.seed)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"mode-policy inspect: error: {err}", file=sys.stderr)
-        return 2
+    report = inspect_policy(args.policy, args.out, dataset=args.dataset, seed=args.seed)
     print(f"expert usage ({report['router_input']} routing) written to {report['out']}")
     return 0
 
 
+@reports_errors("quickstart", ValueError, FileExistsError, RuntimeError)
 def quickstart_command(args: argparse.Namespace) -> int:
     """Collect MT10 demos, train a small MoDE policy and evaluate it, within a time budget."""
     from mode_policy.training.quickstart import quickstart
 
-    try:
-        quickstart(minutes=args.minutes, out=args.out, seed=args.seed)
-    except (ValueError, FileExistsError, RuntimeError) as err:
-        print(f"mode-policy quickstart: error: {err}", file=sys.stderr)
-        return 2
+    quickstart(minutes=args.minutes, out=args.out, seed=args.seed)
     return 0
 
 
+@reports_errors("distill", ValueError, FileExistsError, FileNotFoundError)  # TeacherError is a ValueError
 def distill_command(args: argparse.Namespace) -> int:
     """Distil a trained MoDE policy into a one-step mixture of Gaussian experts (VDD)."""
-    from mode_policy.distill import TeacherError, distill
+    from mode_policy.distill import distill
 
-    try:
-        result = distill(
-            args.teacher,
-            args.dataset,
-            args.out,
-            experts=args.experts,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            lr=args.lr,
-            covariance=args.covariance,
-            samples_per_expert=args.samples_per_expert,
-            score_sigmas=[float(s) for s in args.sigmas.split(",")],
-            gating_targets=args.gating_targets,
-            student_overrides={"action_mode": args.action_mode},
-            max_minutes=args.max_minutes,
-            overwrite=args.overwrite,
-        )
-    except (TeacherError, ValueError, FileExistsError, FileNotFoundError) as err:
-        print(f"mode-policy distill: error: {err}", file=sys.stderr)
-        return 2
+    result = distill(
+        args.teacher,
+        args.dataset,
+        args.out,
+        experts=args.experts,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        lr=args.lr,
+        covariance=args.covariance,
+        samples_per_expert=args.samples_per_expert,
+        score_sigmas=[float(s) for s in args.sigmas.split(",")],
+        gating_targets=args.gating_targets,
+        student_overrides={"action_mode": args.action_mode},
+        max_minutes=args.max_minutes,
+        overwrite=args.overwrite,
+    )
     print(
         f"VDD student ({result.student.config.num_experts} experts) saved to {result.out / 'policy'} after "
         f"{result.seconds:.0f} s; curves {result.out / 'distill_curve.png'}; evaluate it with "
