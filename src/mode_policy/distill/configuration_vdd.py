@@ -17,9 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from mode_policy.config_io import JSONConfig, check_positive_int, read_config_json
-from mode_policy.nn.encoders.language import LANGUAGE_ENCODERS, MINILM_DIM
-from mode_policy.policies.configuration_mode import ACTION_KEY, STATE_KEY, default_normalization
-from mode_policy.policies.normalizer import NORMALIZATION_MODES
+from mode_policy.nn.encoders.language import MINILM_DIM
+from mode_policy.policies.configuration_mode import (
+    ACTION_KEY,
+    STATE_KEY,
+    default_normalization,
+    validate_language,
+    validate_normalization,
+)
 
 POLICY_TYPE = "vdd"
 COVARIANCES = ("full", "diagonal")
@@ -85,26 +90,8 @@ class VDDPolicyConfig(JSONConfig):
                 f"VDDPolicyConfig.n_action_steps ({self.n_action_steps}) cannot exceed chunk_size "
                 f"({self.chunk_size}); lower n_action_steps"
             )
-        if self.language_encoder not in LANGUAGE_ENCODERS:
-            raise ValueError(
-                f"VDDPolicyConfig.language_encoder must be one of {list(LANGUAGE_ENCODERS)}, got "
-                f"{self.language_encoder!r}"
-            )
-        if not isinstance(self.tasks, list) or not all(isinstance(t, str) for t in self.tasks):
-            raise ValueError("VDDPolicyConfig.tasks must be a list of task strings")
-        if self.language_encoder == "onehot" and not self.tasks:
-            raise ValueError("VDDPolicyConfig.language_encoder='onehot' needs tasks=[...] (the teacher's)")
-        mapping = self.normalization_mapping
-        if not isinstance(mapping, dict) or any(f not in mapping for f in (STATE_KEY, ACTION_KEY)):
-            raise ValueError(
-                f"VDDPolicyConfig.normalization_mapping must give a mode for {STATE_KEY!r} and {ACTION_KEY!r}"
-            )
-        for feature, mode in mapping.items():
-            if mode not in NORMALIZATION_MODES:
-                raise ValueError(
-                    f"VDDPolicyConfig.normalization_mapping[{feature!r}] must be one of "
-                    f"{list(NORMALIZATION_MODES)}, got {mode!r}"
-                )
+        validate_language("VDDPolicyConfig", self.language_encoder, self.tasks, self.language_encoder_path)
+        validate_normalization("VDDPolicyConfig", self.normalization_mapping, (STATE_KEY, ACTION_KEY))
         if self.covariance not in COVARIANCES:
             raise ValueError(
                 f"VDDPolicyConfig.covariance must be one of {list(COVARIANCES)}, got {self.covariance!r}"

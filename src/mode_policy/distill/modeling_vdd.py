@@ -21,7 +21,7 @@ import torch
 from mode_policy.distill.configuration_vdd import VDDPolicyConfig
 from mode_policy.distill.mixture import MixtureParams
 from mode_policy.distill.network import VDDNetwork
-from mode_policy.nn.encoders.language import LanguageEncoder, make_language_encoder
+from mode_policy.nn.encoders.language import LanguageEncoder
 from mode_policy.policies.base import CONFIG_FILE, ChunkingPolicy
 from mode_policy.policies.configuration_mode import ACTION_KEY, STATE_KEY
 from mode_policy.policies.modeling_mode import _finite, _stats_as_lists, _tasks
@@ -46,15 +46,7 @@ class VDDPolicy(ChunkingPolicy):
     ) -> None:
         super().__init__()
         config.validate()
-        if language_encoder is None:
-            language_encoder = make_language_encoder(
-                config.language_encoder, tasks=config.tasks, path=config.language_encoder_path
-            )
-        if config.goal_dim is not None and config.goal_dim != language_encoder.dim:
-            raise ValueError(
-                f"the language encoder gives {language_encoder.dim}-d embeddings but config "
-                f"language_encoder={config.language_encoder!r} implies {config.goal_dim}"
-            )
+        language_encoder = self._language_encoder(config, language_encoder)
         self.config = config
         self.language_encoder = language_encoder
         self.dataset_stats = _stats_as_lists(dataset_stats, config.normalization_mapping)

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mode_policy.io import atomic_write, atomic_write_text
+from mode_policy.nn.encoders.language import LanguageEncoder, make_language_encoder
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -31,6 +32,20 @@ class ChunkingPolicy(nn.Module):
     """Base class of MoDEPolicy and VDDPolicy (``name`` is used in messages)."""
 
     name = "policy"
+
+    @staticmethod
+    def _language_encoder(config: Any, encoder: LanguageEncoder | None) -> LanguageEncoder:
+        """``encoder`` (one shared with another policy) or a new one built from ``config``; either way its
+        embedding size must be the one ``config`` implies (``config.goal_dim``, None when unknown)."""
+        if encoder is None:
+            encoder = make_language_encoder(config.language_encoder, tasks=config.tasks,
+                                            path=config.language_encoder_path)  # fmt: skip
+        if config.goal_dim is not None and config.goal_dim != encoder.dim:
+            raise ValueError(
+                f"the language encoder gives {encoder.dim}-d embeddings but config "
+                f"language_encoder={config.language_encoder!r} implies {config.goal_dim}"
+            )
+        return encoder
 
     def _init_queues(self, n_obs_steps: int) -> None:
         self._obs_queue: collections.deque[dict[str, torch.Tensor]] = collections.deque(maxlen=n_obs_steps)

@@ -155,26 +155,7 @@ class MoDEPolicyConfig(JSONConfig):
         )
 
     def _validate_language(self) -> None:
-        if self.language_encoder not in LANGUAGE_ENCODERS:
-            raise ValueError(
-                f"MoDEPolicyConfig.language_encoder must be one of {list(LANGUAGE_ENCODERS)}, got "
-                f"{self.language_encoder!r}"
-            )
-        if not isinstance(self.tasks, list) or not all(isinstance(t, str) for t in self.tasks):
-            raise ValueError("MoDEPolicyConfig.tasks must be a list of task strings (e.g. dataset.tasks)")
-        if self.language_encoder == "onehot":
-            if not self.tasks:
-                raise ValueError(
-                    "MoDEPolicyConfig.language_encoder='onehot' needs tasks=[...] (the instructions, in "
-                    "task_index order, e.g. dataset.tasks)"
-                )
-            if len(set(self.tasks)) != len(self.tasks):
-                raise ValueError("MoDEPolicyConfig.tasks must be distinct for the one-hot encoder")
-        if self.language_encoder == "clip" and not self.language_encoder_path:
-            raise ValueError(
-                "MoDEPolicyConfig.language_encoder='clip' needs language_encoder_path=<local directory with "
-                "CLIP text weights and tokenizer>"
-            )
+        validate_language("MoDEPolicyConfig", self.language_encoder, self.tasks, self.language_encoder_path)
 
     def _validate_vision(self) -> None:
         keys = self.image_keys
@@ -225,21 +206,8 @@ class MoDEPolicyConfig(JSONConfig):
             )
 
     def _validate_normalization(self) -> None:
-        mapping = self.normalization_mapping
-        if not isinstance(mapping, dict):
-            raise ValueError("MoDEPolicyConfig.normalization_mapping must be a dict {feature: mode}")
-        for feature in (STATE_KEY, ACTION_KEY) if self.use_state else (ACTION_KEY,):
-            if feature not in mapping:
-                raise ValueError(
-                    f"MoDEPolicyConfig.normalization_mapping needs a mode for {feature!r} "
-                    f"(one of {list(NORMALIZATION_MODES)})"
-                )
-        for feature, mode in mapping.items():
-            if mode not in NORMALIZATION_MODES:
-                raise ValueError(
-                    f"MoDEPolicyConfig.normalization_mapping[{feature!r}] must be one of "
-                    f"{list(NORMALIZATION_MODES)}, got {mode!r}"
-                )
+        features = (STATE_KEY, ACTION_KEY) if self.use_state else (ACTION_KEY,)
+        validate_normalization("MoDEPolicyConfig", self.normalization_mapping, features)
 
     # Derived --------------------------------------------------------------------------------------------
     @property
@@ -309,3 +277,45 @@ def _denoiser_from_dict(values: dict[str, Any]) -> MoDEConfig | CNNDenoiserConfi
         return MoDEConfig.from_dict(values)
     except ValueError as error:
         raise ValueError(f"MoDEPolicyConfig.denoiser: {error}") from None
+
+
+# Shared with the configs of policies that read what a MoDE policy reads (the VDD student).
+def validate_language(owner: str, encoder: Any, tasks: Any, path: Any) -> None:
+    """Check a language-encoder choice: its name, the task list it may need, a CLIP path."""
+    if encoder not in LANGUAGE_ENCODERS:
+        raise ValueError(
+            f"{owner}.language_encoder must be one of {list(LANGUAGE_ENCODERS)}, got {encoder!r}"
+        )
+    if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+        raise ValueError(f"{owner}.tasks must be a list of task strings (e.g. dataset.tasks)")
+    if encoder == "onehot":
+        if not tasks:
+            raise ValueError(
+                f"{owner}.language_encoder='onehot' needs tasks=[...] (the instructions, in task_index "
+                "order, e.g. dataset.tasks)"
+            )
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"{owner}.tasks must be distinct for the one-hot encoder")
+    if encoder == "clip" and not path:
+        raise ValueError(
+            f"{owner}.language_encoder='clip' needs language_encoder_path=<local directory with CLIP text "
+            "weights and tokenizer>"
+        )
+
+
+def validate_normalization(owner: str, mapping: Any, features: tuple[str, ...]) -> None:
+    """Check a {feature: mode} normalisation mapping: a mode for each of ``features``, all modes known."""
+    if not isinstance(mapping, dict):
+        raise ValueError(f"{owner}.normalization_mapping must be a dict {{feature: mode}}")
+    for feature in features:
+        if feature not in mapping:
+            raise ValueError(
+                f"{owner}.normalization_mapping needs a mode for {feature!r} "
+                f"(one of {list(NORMALIZATION_MODES)})"
+            )
+    for feature, mode in mapping.items():
+        if mode not in NORMALIZATION_MODES:
+            raise ValueError(
+                f"{owner}.normalization_mapping[{feature!r}] must be one of {list(NORMALIZATION_MODES)}, "
+                f"got {mode!r}"
+            )

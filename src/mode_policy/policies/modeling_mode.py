@@ -28,7 +28,7 @@ from torch import nn
 
 from mode_policy.nn.cnn import CNNDenoiser, CNNDenoiserConfig
 from mode_policy.nn.denoiser import MoDEDenoiser
-from mode_policy.nn.encoders.language import LanguageEncoder, make_language_encoder
+from mode_policy.nn.encoders.language import LanguageEncoder
 from mode_policy.nn.encoders.vision import VisionEncoder, random_shift
 from mode_policy.policies.base import CONFIG_FILE, STATS_FILE, TASK_KEY, WEIGHTS_FILE, ChunkingPolicy
 from mode_policy.policies.configuration_mode import ACTION_KEY, STATE_KEY, MoDEPolicyConfig
@@ -57,15 +57,7 @@ class MoDEPolicy(ChunkingPolicy):
     ) -> None:
         super().__init__()
         config.validate()
-        if language_encoder is None:
-            language_encoder = make_language_encoder(
-                config.language_encoder, tasks=config.tasks, path=config.language_encoder_path
-            )
-        if config.goal_dim is not None and config.goal_dim != language_encoder.dim:
-            raise ValueError(
-                f"the language encoder gives {language_encoder.dim}-d embeddings but config "
-                f"language_encoder={config.language_encoder!r} implies {config.goal_dim}"
-            )
+        language_encoder = self._language_encoder(config, language_encoder)
         if config.denoiser.goal_dim != language_encoder.dim:
             # CLIP (or a custom MiniLM path): the size is only known from the checkpoint.
             config = replace(config, denoiser=replace(config.denoiser, goal_dim=language_encoder.dim))
