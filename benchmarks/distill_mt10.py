@@ -7,14 +7,16 @@
 Teacher: --teacher, else runs/bench-mt10-50/run (benchmarks/metaworld.py), else the shipped pretrained
 ``mt10-mode-small``. States come from the teacher run's training data (--dataset overrides; a teacher
 without a run and no --dataset gets fresh scripted demos in OUT/data). Student and teacher are evaluated on
-the same seeded episodes (mode_policy.evaluation.evaluate). Latency: ms per action chunk at batch 1,
-median over repetitions that interleave the two policies (teacher with its expert cache), so a busy machine
-slows both alike. Writes benchmarks/results/distill-mt10.json (or --results) and prints a table.
+the same seeded episodes (mode_policy.evaluation.evaluate), and so is the student after the warm start
+alone (before VDD; --warm-start-steps 0 skips it). Latency: ms per action chunk at batch 1, median over
+repetitions that interleave the policies (teacher with its expert cache), so a busy machine slows all alike.
+Writes benchmarks/results/distill-mt10.json (or --results) and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -28,7 +30,9 @@ import torch
 # (they inherit sys.path): drop this folder from the path first, as benchmarks/metaworld.py does.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from mode_policy.distill import distill, load_teacher  # noqa: E402
+from mode_policy.distill import VDDPolicy, distill, load_teacher  # noqa: E402
+from mode_policy.distill.trainer import batch_source  # noqa: E402
+from mode_policy.distill.warm_start import warm_start  # noqa: E402
 from mode_policy.evaluation.loading import resolve_policy_dir, shipped_pretrained  # noqa: E402
 from mode_policy.evaluation.rollout import evaluate  # noqa: E402
 from mode_policy.io import atomic_write_text  # noqa: E402
@@ -78,6 +82,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warm-start-steps", type=int, default=20_000, help="0: VDD from a random start")
+    parser.add_argument("--warm-start-lr", type=float, default=1e-3)
+    parser.add_argument("--score-estimator", choices=["centred", "plain"], default="centred")
     parser.add_argument("--tasks", default=None, help="comma-separated MT10 subset (default: all ten)")
     parser.add_argument("--eval-episodes", type=int, default=50, help="per task, same seeds for both")
     parser.add_argument("--eval-seed", type=int, default=1000, help="as benchmarks/metaworld.py")
@@ -98,20 +105,33 @@ def main() -> None:
         if not (dataset / "meta" / "info.json").is_file():
             collect_demonstrations(dataset, suite="mt10", episodes_per_task=50, seed=args.seed, workers=2)
 
+    # The warm start runs here rather than inside distill() so that its student is also evaluated alone:
+    # how much of the result is the demonstrations' regression and how much the teacher's VDD signal.
+    torch.manual_seed(args.seed)
+    student = VDDPolicy.from_teacher(teacher, num_experts=args.experts, covariance=args.covariance)
+    policies = {"MoDE teacher": teacher}
+    warm_seconds = 0.0
+    if args.warm_start_steps:
+        source = batch_source(dataset, run_dir, student.config, need_actions=True)
+        began = time.perf_counter()
+        warm_start(student, source, steps=args.warm_start_steps, batch_size=args.batch_size,
+                   lr=args.warm_start_lr, generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
+        warm_seconds = time.perf_counter() - began
+        policies["warm start only"] = copy.deepcopy(student).eval()
     result = distill(
         teacher_arg if run_dir is not None else teacher,
         dataset,
         out,
-        experts=args.experts,
+        student=student,
         steps=args.steps,
         batch_size=args.batch_size,
         seed=args.seed,
         lr=args.lr,
-        covariance=args.covariance,
+        score_estimator=args.score_estimator,
+        warm_start_steps=0,
         overwrite=True,
     )
-    student = result.student
-    policies = {"MoDE teacher": teacher, "VDD student": student}
+    policies["VDD student"] = student
     evals = {
         name: evaluate(
             policy,
@@ -137,7 +157,7 @@ def main() -> None:
             "mean_success": evals[name]["mean_success"],
             "ms_per_chunk_batch1": latency[name],
             "parameters": policy.parameter_counts()["total"],
-            "network_calls_per_chunk": 1 if policy is student else teacher.config.num_inference_steps,
+            "network_calls_per_chunk": teacher.config.num_inference_steps if policy is teacher else 1,
         })  # fmt: skip
     ratios = {
         "speedup_teacher_over_student": round(latency["MoDE teacher"] / latency["VDD student"], 2),
@@ -145,9 +165,9 @@ def main() -> None:
             evals["VDD student"]["mean_success"] - evals["MoDE teacher"]["mean_success"], 4
         ),
     }
-    print(f"\n{'policy':<14} {'success':>8} {'ms/chunk (b=1)':>15} {'params':>10} {'calls':>6}")
+    print(f"\n{'policy':<16} {'success':>8} {'ms/chunk (b=1)':>15} {'params':>10} {'calls':>6}")
     for row in rows:
-        print(f"{row['policy']:<14} {row['mean_success']:>8.3f} {row['ms_per_chunk_batch1']:>15.3f} "
+        print(f"{row['policy']:<16} {row['mean_success']:>8.3f} {row['ms_per_chunk_batch1']:>15.3f} "
               f"{row['parameters']:>10,} {row['network_calls_per_chunk']:>6}")  # fmt: skip
     print(f"ratios: speedup={ratios['speedup_teacher_over_student']}x "
           f"success_delta={ratios['success_student_minus_teacher']:+.3f}")  # fmt: skip
@@ -158,6 +178,8 @@ def main() -> None:
         "student": str(out / "policy"),
         "distill": {"steps": args.steps, "batch_size": args.batch_size, "experts": args.experts,
                     "covariance": args.covariance, "lr": args.lr, "seed": args.seed,
+                    "score_estimator": args.score_estimator, "warm_start_steps": args.warm_start_steps,
+                    "warm_start_lr": args.warm_start_lr, "warm_start_seconds": round(warm_seconds, 1),
                     "seconds": round(result.seconds, 1),
                     "final": result.history[-1] if result.history else {}},
         "evaluation": {"tasks": evals["VDD student"]["tasks"], "episodes_per_task": args.eval_episodes,

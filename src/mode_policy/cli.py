@@ -173,7 +173,10 @@ def distill_command(args: argparse.Namespace) -> int:
         covariance=args.covariance,
         samples_per_expert=args.samples_per_expert,
         score_sigmas=[float(s) for s in args.sigmas.split(",")],
+        score_estimator=args.score_estimator,
         gating_targets=args.gating_targets,
+        warm_start_steps=args.warm_start_steps,
+        warm_start_lr=args.warm_start_lr,
         student_overrides={"action_mode": args.action_mode},
         max_minutes=args.max_minutes,
         overwrite=args.overwrite,
@@ -202,9 +205,18 @@ def _add_distill_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--samples-per-expert", type=int, default=1, help="reparameterised draws per step")
     parser.add_argument("--sigmas", default="0.05,0.1,0.2", help="teacher noise levels of the score")
     parser.add_argument(
+        "--score-estimator", choices=["centred", "plain"], default="centred",
+        help="centred: the score's Gaussian part in closed form (lower variance); plain: as the paper",
+    )  # fmt: skip
+    parser.add_argument(
         "--gating-targets", choices=["data", "teacher"], default="data",
         help="actions whose responsibilities refit the gating: demonstrations or teacher samples",
     )  # fmt: skip
+    parser.add_argument(
+        "--warm-start-steps", type=int, default=10_000,
+        help="fit expert means and gating to the demonstrations first (no teacher calls); 0: as the paper",
+    )  # fmt: skip
+    parser.add_argument("--warm-start-lr", type=float, default=1e-3)
     parser.add_argument(
         "--action-mode", choices=["mean", "greedy", "sample"], default="mean",
         help="acting: mean of a sampled expert (VDD), mean of the likeliest expert, or a full draw",

@@ -45,10 +45,11 @@ def teacher_run(tmp_path_factory):
 
 def test_distill_a_mode_run_then_load_and_predict(teacher_run, tmp_path):
     result = distill(teacher_run, out=tmp_path / "student", experts=3, steps=4, batch_size=8, log_every=2,
-                     progress=False)  # fmt: skip
+                     warm_start_steps=3, progress=False)  # fmt: skip
     out = tmp_path / "student"
     for name in ("policy/config.json", "policy/model.safetensors", "policy/stats.json", "metrics.csv",
-                 "distill_curve.png", "distill_config.json", "distill_summary.json"):  # fmt: skip
+                 "distill_curve.png", "distill_config.json", "distill_summary.json",
+                 "warm_start.csv"):  # fmt: skip
         assert (out / name).is_file(), name
     settings = json.loads((out / "distill_config.json").read_text())
     assert settings["dataset"].endswith("data") and settings["experts"] == 3  # from RUN/train_config.json
@@ -67,7 +68,8 @@ def test_distill_a_mode_run_then_load_and_predict(teacher_run, tmp_path):
 
 def test_cli_distill(teacher_run, tmp_path, capsys):
     code = main(["distill", "--teacher", str(teacher_run), "--experts", "2", "--out", str(tmp_path / "s"),
-                 "--steps", "2", "--batch-size", "4", "--covariance", "diagonal"])  # fmt: skip
+                 "--steps", "2", "--batch-size", "4", "--covariance", "diagonal",
+                 "--warm-start-steps", "2"])  # fmt: skip
     assert code == 0 and "VDD student (2 experts)" in capsys.readouterr().out
     # A student is not a teacher; the refusal names the fix.
     code = main(["distill", "--teacher", str(tmp_path / "s"), "--out", str(tmp_path / "t"), "--steps", "1"])

@@ -19,7 +19,7 @@ def test_distilled_mixture_recovers_modes_and_weights(seed, covariance):
     student = toy_student(covariance=covariance)
     result = distill(
         toy_denoiser, toy_data(), student=student, steps=1000, batch_size=64, seed=seed, lr=1e-3,
-        progress=False,
+        warm_start_steps=0, progress=False,  # VDD alone, from the random start
     )  # fmt: skip
     with torch.no_grad():
         params = student.mixture(*student.encode_inputs(torch.zeros(1, 1, 1), [TOY_TASK]))
@@ -43,6 +43,21 @@ def test_teacher_samples_as_gating_targets_need_no_actions():
     del data["action"]
     student = toy_student(num_experts=3)
     distill(toy_denoiser, data, student=student, steps=5, batch_size=8, gating_targets="teacher",
-            progress=False)  # fmt: skip
-    with pytest.raises(ValueError, match="needs the demonstration action chunks"):
-        distill(toy_denoiser, data, student=toy_student(), steps=1, progress=False)
+            warm_start_steps=0, progress=False)  # fmt: skip
+    for options in ({}, {"gating_targets": "teacher"}):  # gating on demonstrations, or the warm start
+        with pytest.raises(ValueError, match="need the demonstration action chunks"):
+            distill(toy_denoiser, data, student=toy_student(), steps=1, progress=False, **options)
+
+
+def test_warm_start_places_the_means_on_the_demonstrations_modes():
+    torch.manual_seed(0)
+    student = toy_student(num_experts=3)
+    result = distill(toy_denoiser, toy_data(), student=student, steps=1, batch_size=64, warm_start_steps=800,
+                     progress=False)  # fmt: skip
+    with torch.no_grad():
+        params = student.mixture(*student.encode_inputs(torch.zeros(1, 1, 1), [TOY_TASK]))
+    distance = torch.cdist(params.means[0].double(), TOY.means)  # (experts, modes)
+    # Every mode has an expert on it (a warm start covers the data: maximum likelihood is mode-covering).
+    assert (distance.min(0).values < MODE_TOLERANCE).all(), params.means
+    rows = result.warm_start_history
+    assert rows[-1]["step"] == 800 and rows[-1]["warm_start_nll"] < rows[0]["warm_start_nll"]

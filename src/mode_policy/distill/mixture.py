@@ -43,6 +43,11 @@ class MixtureParams:
         diagonal = scale if self.diagonal else scale.diagonal(dim1=-2, dim2=-1)
         return diagonal.log().sum(-1)
 
+    def scale_norm_sq(self) -> torch.Tensor:
+        """|L|_F^2 = trace of the covariance, (B, K)."""
+        scale = self._scale()
+        return scale.square().sum(-1) if self.diagonal else scale.square().sum((-2, -1))
+
     def rsample(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``count`` reparameterised draws per expert, a = mu + L eps: (B, K, count, d), differentiable."""
         scale = self._scale()

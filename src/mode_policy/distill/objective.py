@@ -17,6 +17,13 @@ gradient. score(a) = (D(a; sigma) - a) / sigma^2 is the score of the teacher's m
 log q~ uses the detached (old) parameters but the differentiable samples: it pushes an expert's samples
 away from where other experts are responsible. Experts are weighted by the detached gating, as in the bound.
 
+Score estimator. With a = mu + L eps the score splits into (D(a) - mu) / sigma^2 and the Gaussian part
+-L eps / sigma^2, whose contribution to the gradient is known in closed form: E[-L eps / sigma^2] = 0 for
+mu and E[-(L eps) eps^T / sigma^2] = -L / sigma^2 for L, the gradient of -|L|_F^2 / (2 sigma^2).
+``score_estimator="centred"`` (default) uses that closed form instead of its one-sample estimate: the same
+expected gradient as the paper's ``"plain"`` estimator, without the noise -L eps / sigma^2 that otherwise
+dominates the pull on the means once an expert sits near its mode (|L eps| >> |mu - mode|).
+
 M-step, gating: refit q(z|s) to the responsibilities q~(z|a,s) averaged over actions a of the teacher's
 distribution at s (soft cross-entropy). Those actions are the demonstration chunks of the batch (what VDD's
 reference code uses: the data the teacher was trained on) or fresh teacher samples (``gating_targets``).
@@ -31,8 +38,9 @@ import torch
 
 from mode_policy.distill.mixture import MixtureParams
 
-# (points (N, d) normalised, flat) -> (score (N, d), denoised - points (N, d)), no grad.
+# (points (N, d) normalised, flat) -> (D(a; sigma) - a (N, d), sigma (N,)), no grad.
 ScoreFunction = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+SCORE_ESTIMATORS = ("centred", "plain")
 
 
 @dataclass
@@ -57,12 +65,14 @@ def vdd_loss(
     gating_actions: torch.Tensor,
     *,
     samples_per_expert: int = 1,
+    score_estimator: str = "centred",
     generator: torch.Generator | None = None,
 ) -> VDDLoss:
     """One E/M step's losses for a batch of B states.
 
     params: the student's mixture at the batch states (means (B, K, d), scale, log_weights (B, K)).
     score_fn: the teacher's score at those states, for points laid out (B * K * V, d) in (B, K, V) order.
+    score_estimator: "centred" (closed-form Gaussian part, lower variance) or "plain" (as the paper).
     gating_actions: (B, M, d) actions from the teacher's distribution at each state (normalised, flat).
     """
     B, K, d = params.means.shape
@@ -71,9 +81,18 @@ def vdd_loss(
     weights = old.log_weights.exp()  # (B, K)
 
     samples = params.rsample(V, generator)  # (B, K, V, d)
-    score, residual = score_fn(samples.detach().reshape(B * K * V, d))
-    score = score.reshape(B, K, V, d)
-    score_term = (score * samples).sum(-1)  # (B, K, V); only its gradient is meaningful
+    residual, sigma = score_fn(samples.detach().reshape(B * K * V, d))
+    residual = residual.reshape(B, K, V, d)  # D(a; sigma) - a
+    inverse_variance = sigma.reshape(B, K, V).square().reciprocal()  # 1 / sigma^2 of each sample
+    # Only the gradients of these score terms are meaningful, (B, K, V).
+    if score_estimator == "plain":
+        score_term = (residual * inverse_variance[..., None] * samples).sum(-1)
+    elif score_estimator == "centred":
+        offset = samples.detach() - old.means[:, :, None]  # L eps
+        pull = (residual + offset) * inverse_variance[..., None]  # (D(a) - mu) / sigma^2
+        score_term = (pull * samples).sum(-1) - 0.5 * inverse_variance * params.scale_norm_sq()[..., None]
+    else:
+        raise ValueError(f"score_estimator must be one of {list(SCORE_ESTIMATORS)}, got {score_estimator!r}")
     # log q~(z = k | a_{k,v}, s): each sample under the responsibilities of its own expert.
     log_resp = old.log_responsibilities(samples.reshape(B, K * V, d)).reshape(B, K, V, K)
     own = log_resp.diagonal(dim1=1, dim2=3)  # (B, V, K)

@@ -115,7 +115,8 @@ def teacher_score(
     """The teacher's score at the states of a batch, for ``repeats`` points per state.
 
     obs (B, n_obs, state_dim) and goal (B, goal_dim), normalised. The returned function takes points
-    (B * repeats, d) (state-major) and returns (score, D(a) - a), both (B * repeats, d) and detached.
+    (B * repeats, d) (state-major) and returns (D(a; sigma) - a (B * repeats, d), sigma (B * repeats,)),
+    detached; the score is their ratio (D(a; sigma) - a) / sigma^2.
     Each point is scored at one of ``sigmas``, assigned by a random stratified permutation so that every
     sigma gets the same number of points; each sigma is one denoiser call with a scalar sigma (MoDE's fast
     path: one routing decision for the whole call).
@@ -129,15 +130,15 @@ def teacher_score(
         x = points.reshape(n, *action_shape)
         order = torch.randperm(n, generator=generator, device=generator.device if generator else "cpu")
         order = order.to(points.device)
-        score = torch.empty_like(x)
         residual = torch.empty_like(x)
+        point_sigma = torch.empty(n, dtype=x.dtype, device=x.device)
         for j, sigma in enumerate(sigmas):
             rows = order[j :: len(sigmas)]
             if rows.numel() == 0:
                 continue
             denoised = denoiser(x[rows], float(sigma), obs_rows[rows], goal_rows[rows])
             residual[rows] = denoised - x[rows]
-            score[rows] = residual[rows] / float(sigma) ** 2
-        return score.reshape(n, -1), residual.reshape(n, -1)
+            point_sigma[rows] = float(sigma)
+        return residual.reshape(n, -1), point_sigma
 
     return score_fn

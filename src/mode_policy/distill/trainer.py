@@ -8,6 +8,7 @@ Run directory::
     OUT/policy/               the student (VDDPolicy.save_pretrained; config.json has policy_type "vdd")
     OUT/distill_config.json   teacher, dataset and settings
     OUT/metrics.csv           objective, gating entropy, teacher residual, ... every ``log_every`` steps
+    OUT/warm_start.csv        the warm start's likelihood loss (when warm_start_steps > 0)
     OUT/distill_curve.png     the same, plotted
     OUT/distill_summary.json  steps, seconds, final metrics, parameter counts
 
@@ -29,7 +30,7 @@ from typing import Any
 import torch
 
 from mode_policy.distill.modeling_vdd import VDDPolicy
-from mode_policy.distill.objective import vdd_loss
+from mode_policy.distill.objective import SCORE_ESTIMATORS, vdd_loss
 from mode_policy.distill.teacher import (
     TeacherError,
     check_same_normalizer,
@@ -37,6 +38,7 @@ from mode_policy.distill.teacher import (
     load_teacher,
     teacher_score,
 )
+from mode_policy.distill.warm_start import warm_start
 from mode_policy.io import atomic_write, atomic_write_text
 from mode_policy.policies.configuration_mode import ACTION_KEY, STATE_KEY
 from mode_policy.training.schedule import warmup_cosine
@@ -58,7 +60,10 @@ class DistillSettings:
     lr: float
     samples_per_expert: int
     score_sigmas: list[float]
+    score_estimator: str
     gating_targets: str
+    warm_start_steps: int
+    warm_start_lr: float
     log_every: int
     student: dict[str, Any] = field(default_factory=dict)
 
@@ -67,6 +72,7 @@ class DistillSettings:
 class DistillResult:
     student: VDDPolicy
     history: list[dict[str, float]]  # one row per log_every steps
+    warm_start_history: list[dict[str, float]]  # one row per 100 warm-start steps
     seconds: float
     out: Path | None
 
@@ -83,7 +89,10 @@ def distill(
     lr: float = 3e-4,
     samples_per_expert: int = 1,
     score_sigmas: Sequence[float] = DEFAULT_SIGMAS,
+    score_estimator: str = "centred",
     gating_targets: str = "data",
+    warm_start_steps: int = 10_000,
+    warm_start_lr: float = 1e-3,
     covariance: str = "full",
     student: VDDPolicy | None = None,
     student_overrides: Mapping[str, Any] | None = None,
@@ -102,13 +111,22 @@ def distill(
     (RUN/train_config.json "dataset"). Actions are needed for ``gating_targets="data"``.
     experts / covariance / student_overrides: the student (VDDPolicyConfig fields) when ``student`` is None.
     score_sigmas: teacher noise levels whose scores stand in for grad log pi (normalised action units).
+    score_estimator: "centred" (the Gaussian part of the score in closed form; lower variance, same expected
+    gradient) or "plain" (the paper's one-sample estimate); see ``mode_policy.distill.objective``.
     gating_targets: "data" (the batch's demonstration chunks, as VDD's reference code) or "teacher" (fresh
     teacher samples: needs states only, costs one full teacher sampling per step).
+    warm_start_steps / warm_start_lr: first fit the experts' means and the gating to the demonstration
+    chunks (``mode_policy.distill.warm_start``; no teacher calls, needs actions); 0 starts VDD from the
+    random initialisation, as the paper.
     """
     if gating_targets not in GATING_TARGETS:
         raise ValueError(f"gating_targets must be one of {list(GATING_TARGETS)}, got {gating_targets!r}")
+    if score_estimator not in SCORE_ESTIMATORS:
+        raise ValueError(f"score_estimator must be one of {list(SCORE_ESTIMATORS)}, got {score_estimator!r}")
     _check_positive(steps=steps, batch_size=batch_size, samples_per_expert=samples_per_expert,
                     log_every=log_every, experts=experts)  # fmt: skip
+    if not isinstance(warm_start_steps, int) or isinstance(warm_start_steps, bool) or warm_start_steps < 0:
+        raise ValueError(f"warm_start_steps must be a non-negative integer, got {warm_start_steps!r}")
     sigmas = [float(s) for s in score_sigmas]
     if not sigmas or any(not s > 0 for s in sigmas):
         raise ValueError(f"score_sigmas must be positive noise levels, got {list(score_sigmas)}")
@@ -129,16 +147,26 @@ def distill(
         check_student_fits(student.config, teacher_policy.config)
         check_same_normalizer(student, teacher_policy)
     config = student.config
-    source = _batch_source(data, run_dir, config, need_actions=gating_targets == "data")
+    need_actions = gating_targets == "data" or warm_start_steps > 0
+    source = batch_source(data, run_dir, config, need_actions=need_actions)
     settings = DistillSettings(
         teacher=str(teacher) if isinstance(teacher, (str, Path)) else type(teacher).__name__,
         dataset=source.description, experts=config.num_experts, steps=steps, batch_size=batch_size,
         seed=seed, lr=lr, samples_per_expert=samples_per_expert, score_sigmas=sigmas,
-        gating_targets=gating_targets, log_every=log_every, student=config.to_dict(),
+        score_estimator=score_estimator, gating_targets=gating_targets, warm_start_steps=warm_start_steps,
+        warm_start_lr=warm_start_lr, log_every=log_every, student=config.to_dict(),
     )  # fmt: skip
 
     device = student.device
     generator = torch.Generator(device=device).manual_seed(seed)
+    start = time.perf_counter()  # seconds in the logs and summary count the warm start too
+    warm_start_history: list[dict[str, float]] = []
+    if warm_start_steps:
+        bar = _progress_bar(warm_start_steps, progress, "warm start")
+        warm_start_history = warm_start(student, source, steps=warm_start_steps, batch_size=batch_size,
+                                        lr=warm_start_lr, generator=generator, bar=bar)  # fmt: skip
+        if bar is not None:
+            bar.close()
     optimizer = torch.optim.AdamW(student.network.parameters(), lr=lr, weight_decay=0.0)
     warmup = min(100, steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -148,9 +176,8 @@ def distill(
     repeats = config.num_experts * samples_per_expert
     history: list[dict[str, float]] = []
     window: dict[str, list[float]] = {}
-    bar = _progress_bar(steps, progress)
+    bar = _progress_bar(steps, progress, "distilling")
     student.train()
-    start = time.perf_counter()
     step = 0
     for step in range(1, steps + 1):
         state, tasks, action = source.sample(batch_size, generator)
@@ -164,7 +191,7 @@ def distill(
         else:
             targets = _teacher_samples(teacher_policy, denoiser, obs, goal, chunk_shape, generator)
         loss = vdd_loss(params, score_fn, targets.flatten(1)[:, None], samples_per_expert=samples_per_expert,
-                        generator=generator)  # fmt: skip
+                        score_estimator=score_estimator, generator=generator)  # fmt: skip
         if not bool(torch.isfinite(loss.total)):
             raise FloatingPointError(
                 f"distillation loss became {loss.total.item()} at step {step}; lower --lr or use larger "
@@ -194,8 +221,8 @@ def distill(
     seconds = time.perf_counter() - start
     student.eval()
     if out is not None:
-        _write_run(out, student, settings, history, seconds, step)
-    return DistillResult(student, history, seconds, out)
+        _write_run(out, student, settings, history, warm_start_history, seconds, step)
+    return DistillResult(student, history, warm_start_history, seconds, out)
 
 
 # Teacher and data ---------------------------------------------------------------------------------------
@@ -238,7 +265,9 @@ class _BatchSource:
         return self.state[rows], [self.tasks[i] for i in rows.tolist()], action
 
 
-def _batch_source(data: Any, run_dir: Path | None, config: Any, *, need_actions: bool) -> _BatchSource:
+def batch_source(data: Any, run_dir: Path | None, config: Any, *, need_actions: bool) -> _BatchSource:
+    """Distillation's states (and demonstration chunks, raw) from ``data`` as ``distill`` takes it, or from
+    the teacher run's dataset when ``data`` is None; checked against the student's layout ``config``."""
     from mode_policy.data.lerobot import LeRobotDataset
     from mode_policy.data.windows import ActionChunkDataset
 
@@ -274,8 +303,8 @@ def _batch_source(data: Any, run_dir: Path | None, config: Any, *, need_actions:
     if need_actions:
         if action is None:
             raise ValueError(
-                "gating_targets='data' needs the demonstration action chunks ('action'); pass a dataset with "
-                "actions or use gating_targets='teacher'"
+                "gating_targets='data' and the warm start need the demonstration action chunks ('action'); "
+                "pass a dataset with actions, or use gating_targets='teacher' and warm_start_steps=0"
             )
         if tuple(action.shape) != (len(state), config.chunk_size, config.action_dim):
             raise ValueError(
@@ -301,7 +330,9 @@ def _run_dataset(run_dir: Path | None) -> str:
 
 
 # Output ---------------------------------------------------------------------------------------------------
-def _write_run(out: Path, student: VDDPolicy, settings: DistillSettings, history, seconds, steps) -> None:
+def _write_run(
+    out: Path, student: VDDPolicy, settings: DistillSettings, history, warm_start_history, seconds, steps
+) -> None:
     from mode_policy.training.curves import write_metrics_csv
 
     out.mkdir(parents=True, exist_ok=True)
@@ -309,10 +340,13 @@ def _write_run(out: Path, student: VDDPolicy, settings: DistillSettings, history
     if history:
         write_metrics_csv(history, out / "metrics.csv")
         plot_distill_curve(history, out / "distill_curve.png")
+    if warm_start_history:
+        write_metrics_csv(warm_start_history, out / "warm_start.csv")
     summary = {
         "steps": steps,
         "seconds": round(seconds, 2),
         "final": history[-1] if history else {},
+        "warm_start_final": warm_start_history[-1] if warm_start_history else {},
         "parameters": student.parameter_counts(),
     }
     atomic_write_text(out / "distill_summary.json", json.dumps(summary, indent=2) + "\n")
@@ -346,12 +380,12 @@ def plot_distill_curve(rows: list[dict[str, float]], path: str | Path) -> None:
     plt.close(figure)
 
 
-def _progress_bar(total: int, enabled: bool) -> Any:
+def _progress_bar(total: int, enabled: bool, description: str) -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="distilling", unit="step")
+    return tqdm(total=total, desc=description, unit="step")
 
 
 def _check_positive(**values: int) -> None:
