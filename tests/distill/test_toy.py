@@ -61,3 +61,16 @@ def test_warm_start_places_the_means_on_the_demonstrations_modes():
     assert (distance.min(0).values < MODE_TOLERANCE).all(), params.means
     rows = result.warm_start_history
     assert rows[-1]["step"] == 800 and rows[-1]["warm_start_nll"] < rows[0]["warm_start_nll"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"warm_start_steps": -1}, "warm_start_steps must be a non-negative integer"),
+        ({"warm_start_lr": 0.0}, "warm_start_lr must be a positive learning rate"),
+        ({"score_estimator": "exact"}, "score_estimator must be one of"),
+    ],
+)
+def test_bad_distill_settings_are_named(options, message):
+    with pytest.raises(ValueError, match=message):
+        distill(toy_denoiser, toy_data(), student=toy_student(), steps=1, progress=False, **options)

@@ -108,7 +108,7 @@ def distill(
     data: where the states come from: a LeRobot dataset folder, an ``ActionChunkDataset`` (or any dataset
     of such items), or a dict ``{"observation.state": (N, n_obs_steps, state_dim), "task": list[str] | str,
     "action": (N, chunk_size, action_dim)}`` of raw values. None: the teacher run's training dataset
-    (RUN/train_config.json "dataset"). Actions are needed for ``gating_targets="data"``.
+    (RUN/train_config.json "dataset"). Actions are needed for ``gating_targets="data"`` and the warm start.
     experts / covariance / student_overrides: the student (VDDPolicyConfig fields) when ``student`` is None.
     score_sigmas: teacher noise levels whose scores stand in for grad log pi (normalised action units).
     score_estimator: "centred" (the Gaussian part of the score in closed form; lower variance, same expected
@@ -127,6 +127,9 @@ def distill(
                     log_every=log_every, experts=experts)  # fmt: skip
     if not isinstance(warm_start_steps, int) or isinstance(warm_start_steps, bool) or warm_start_steps < 0:
         raise ValueError(f"warm_start_steps must be a non-negative integer, got {warm_start_steps!r}")
+    for name, value in (("lr", lr), ("warm_start_lr", warm_start_lr)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+            raise ValueError(f"{name} must be a positive learning rate, got {value!r}")
     sigmas = [float(s) for s in score_sigmas]
     if not sigmas or any(not s > 0 for s in sigmas):
         raise ValueError(f"score_sigmas must be positive noise levels, got {list(score_sigmas)}")
@@ -252,7 +255,7 @@ def _teacher_samples(policy, denoiser, obs, goal, chunk_shape, generator) -> tor
     return sample(lambda x, sigma: denoiser(x, sigma, obs, goal), x, sigmas, method="ddim")
 
 
-class _BatchSource:
+class BatchSource:
     """Random batches (with replacement) of raw states, instructions and, when present, action chunks."""
 
     def __init__(self, state, tasks, action, description: str | None) -> None:
@@ -265,7 +268,7 @@ class _BatchSource:
         return self.state[rows], [self.tasks[i] for i in rows.tolist()], action
 
 
-def batch_source(data: Any, run_dir: Path | None, config: Any, *, need_actions: bool) -> _BatchSource:
+def batch_source(data: Any, run_dir: Path | None, config: Any, *, need_actions: bool) -> BatchSource:
     """Distillation's states (and demonstration chunks, raw) from ``data`` as ``distill`` takes it, or from
     the teacher run's dataset when ``data`` is None; checked against the student's layout ``config``."""
     from mode_policy.data.lerobot import LeRobotDataset
@@ -311,7 +314,7 @@ def batch_source(data: Any, run_dir: Path | None, config: Any, *, need_actions: 
                 f"'action' must have shape (N={len(state)}, chunk_size={config.chunk_size}, "
                 f"action_dim={config.action_dim}), got {tuple(action.shape)}"
             )
-    return _BatchSource(state, tasks, action, description)
+    return BatchSource(state, tasks, action, description)
 
 
 def _run_dataset(run_dir: Path | None) -> str:

@@ -34,7 +34,7 @@ def warm_start(
     generator: torch.Generator,
     bar: Any = None,
 ) -> list[dict[str, float]]:
-    """Fit ``student``'s means and gating to demonstration chunks from ``source`` (a _BatchSource with
+    """Fit ``student``'s means and gating to demonstration chunks from ``source`` (a BatchSource with
     actions); cosine learning rate from ``lr`` to lr/10. Returns one row {"step", "warm_start_nll"} per
     100 steps (the negative log-likelihood per chunk, up to the fixed Gaussian's constant)."""
     network = student.network
