@@ -32,7 +32,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 from mode_policy.distill import VDDPolicy, distill, load_teacher  # noqa: E402
 from mode_policy.distill.trainer import batch_source  # noqa: E402
-from mode_policy.distill.warm_start import warm_start  # noqa: E402
+from mode_policy.distill.warm_start import WARM_START_LR, WARM_START_STEPS, warm_start  # noqa: E402
 from mode_policy.evaluation.loading import resolve_policy_dir, shipped_pretrained  # noqa: E402
 from mode_policy.evaluation.rollout import evaluate  # noqa: E402
 from mode_policy.io import atomic_write_text  # noqa: E402
@@ -82,8 +82,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--warm-start-steps", type=int, default=20_000, help="0: VDD from a random start")
-    parser.add_argument("--warm-start-lr", type=float, default=1e-3)
+    parser.add_argument("--warm-start-steps", type=int, default=WARM_START_STEPS, help="0: VDD from random")
+    parser.add_argument("--warm-start-lr", type=float, default=WARM_START_LR)
     parser.add_argument("--score-estimator", choices=["centred", "plain"], default="centred")
     parser.add_argument("--tasks", default=None, help="comma-separated MT10 subset (default: all ten)")
     parser.add_argument("--eval-episodes", type=int, default=50, help="per task, same seeds for both")

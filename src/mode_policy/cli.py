@@ -190,6 +190,8 @@ def distill_command(args: argparse.Namespace) -> int:
 
 
 def _add_distill_command(commands: argparse._SubParsersAction) -> None:
+    from mode_policy.distill.warm_start import WARM_START_LR, WARM_START_STEPS  # torch is loaded already
+
     parser = commands.add_parser(
         "distill", help="distil a trained MoDE policy into a one-step Gaussian mixture of experts (VDD)"
     )
@@ -213,10 +215,10 @@ def _add_distill_command(commands: argparse._SubParsersAction) -> None:
         help="actions whose responsibilities refit the gating: demonstrations or teacher samples",
     )  # fmt: skip
     parser.add_argument(
-        "--warm-start-steps", type=int, default=10_000,
-        help="fit expert means and gating to the demonstrations first (no teacher calls); 0: as the paper",
+        "--warm-start-steps", type=int, default=WARM_START_STEPS,
+        help="steps fitting expert means and gating to the demos first (%(default)s, no teacher); 0: paper",
     )  # fmt: skip
-    parser.add_argument("--warm-start-lr", type=float, default=1e-3)
+    parser.add_argument("--warm-start-lr", type=float, default=WARM_START_LR)
     parser.add_argument(
         "--action-mode", choices=["mean", "greedy", "sample"], default="mean",
         help="acting: mean of a sampled expert (VDD), mean of the likeliest expert, or a full draw",

@@ -38,7 +38,7 @@ from mode_policy.distill.teacher import (
     load_teacher,
     teacher_score,
 )
-from mode_policy.distill.warm_start import warm_start
+from mode_policy.distill.warm_start import WARM_START_LR, WARM_START_STEPS, warm_start
 from mode_policy.io import atomic_write, atomic_write_text
 from mode_policy.policies.configuration_mode import ACTION_KEY, STATE_KEY
 from mode_policy.training.schedule import warmup_cosine
@@ -91,8 +91,8 @@ def distill(
     score_sigmas: Sequence[float] = DEFAULT_SIGMAS,
     score_estimator: str = "centred",
     gating_targets: str = "data",
-    warm_start_steps: int = 10_000,
-    warm_start_lr: float = 1e-3,
+    warm_start_steps: int = WARM_START_STEPS,
+    warm_start_lr: float = WARM_START_LR,
     covariance: str = "full",
     student: VDDPolicy | None = None,
     student_overrides: Mapping[str, Any] | None = None,
