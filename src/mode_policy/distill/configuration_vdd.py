@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mode_policy.config_io import JSONConfig, check_positive_int, read_config_json
-from mode_policy.nn.encoders.language import MINILM_DIM
+from mode_policy.nn.encoders.language import known_embedding_dim
 from mode_policy.policies.configuration_mode import (
     ACTION_KEY,
     STATE_KEY,
@@ -120,11 +120,7 @@ class VDDPolicyConfig(JSONConfig):
     @property
     def goal_dim(self) -> int | None:
         """Size of the instruction embedding, when known without loading the encoder."""
-        if self.language_encoder == "onehot":
-            return len(self.tasks)
-        if self.language_encoder == "minilm" and not self.language_encoder_path:
-            return MINILM_DIM
-        return None
+        return known_embedding_dim(self.language_encoder, self.tasks, self.language_encoder_path)
 
     @property
     def use_expert_cache(self) -> bool:

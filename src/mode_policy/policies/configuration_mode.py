@@ -22,7 +22,7 @@ from mode_policy.diffusion.samplers import SAMPLERS
 from mode_policy.diffusion.schedules import make_schedule
 from mode_policy.nn.cnn.config import CNNDenoiserConfig
 from mode_policy.nn.config import MoDEConfig
-from mode_policy.nn.encoders.language import LANGUAGE_ENCODERS, MINILM_DIM
+from mode_policy.nn.encoders.language import LANGUAGE_ENCODERS, known_embedding_dim
 from mode_policy.nn.encoders.resnet import ARCHITECTURES, NORMS
 from mode_policy.nn.encoders.vision import POOLS
 from mode_policy.policies.normalizer import NORMALIZATION_MODES
@@ -235,11 +235,7 @@ class MoDEPolicyConfig(JSONConfig):
     @property
     def goal_dim(self) -> int | None:
         """Size of the instruction embedding, when known without loading the encoder."""
-        if self.language_encoder == "onehot":
-            return len(self.tasks)
-        if self.language_encoder == "minilm" and not self.language_encoder_path:
-            return MINILM_DIM
-        return None
+        return known_embedding_dim(self.language_encoder, self.tasks, self.language_encoder_path)
 
     def sigma_distribution(self):
         """The training noise-level distribution (``.sample(shape, generator=..., device=...)``)."""

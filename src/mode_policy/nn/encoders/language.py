@@ -285,6 +285,16 @@ def make_language_encoder(
     raise ValueError(f"unknown language encoder {name!r}; valid choices: {', '.join(LANGUAGE_ENCODERS)}")
 
 
+def known_embedding_dim(name: str, tasks: Sequence[str], path: str | Path | None) -> int | None:
+    """The embedding size of ``make_language_encoder(name, tasks, path)`` when it is known without loading
+    the encoder (one-hot: the task count; the packaged MiniLM: 384), else None (CLIP, a custom MiniLM)."""
+    if name == "onehot":
+        return len(tasks)
+    if name == "minilm" and not path:
+        return MINILM_DIM
+    return None
+
+
 # Helpers ------------------------------------------------------------------------------------------------
 def _check_texts(texts: Sequence[str]) -> list[str]:
     if isinstance(texts, str):
