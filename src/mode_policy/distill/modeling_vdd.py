@@ -22,10 +22,8 @@ from mode_policy.distill.configuration_vdd import VDDPolicyConfig
 from mode_policy.distill.mixture import MixtureParams
 from mode_policy.distill.network import VDDNetwork
 from mode_policy.nn.encoders.language import LanguageEncoder
-from mode_policy.policies.base import CONFIG_FILE, ChunkingPolicy
+from mode_policy.policies.base import CONFIG_FILE, ChunkingPolicy, finite, instructions
 from mode_policy.policies.configuration_mode import ACTION_KEY, STATE_KEY
-from mode_policy.policies.modeling_mode import _finite, _stats_as_lists, _tasks
-from mode_policy.policies.normalizer import Normalizer
 
 
 class VDDPolicy(ChunkingPolicy):
@@ -49,12 +47,8 @@ class VDDPolicy(ChunkingPolicy):
         language_encoder = self._language_encoder(config, language_encoder)
         self.config = config
         self.language_encoder = language_encoder
-        self.dataset_stats = _stats_as_lists(dataset_stats, config.normalization_mapping)
-        self.normalizer = Normalizer(
-            dataset_stats,
-            config.normalization_mapping,
-            shapes={STATE_KEY: config.state_dim, ACTION_KEY: config.action_dim},
-        )
+        shapes = {STATE_KEY: config.state_dim, ACTION_KEY: config.action_dim}
+        self._init_normalization(dataset_stats, config.normalization_mapping, shapes)
         self.network = VDDNetwork(config, language_encoder.dim)
         self._init_queues(config.n_obs_steps)
 
@@ -106,7 +100,7 @@ class VDDPolicy(ChunkingPolicy):
         """
         config = self.config
         state = self._inference_state(obs)
-        tasks = _tasks(obs, state.shape[0])
+        tasks = instructions(obs, state.shape[0])
         with self._eval_mode():
             inputs = self.encode_inputs(state, tasks)
             params = self.mixture(*inputs, need_scale=config.action_mode == "sample")
@@ -127,7 +121,7 @@ class VDDPolicy(ChunkingPolicy):
                 f"select_action takes {STATE_KEY!r} of the current step with shape (B, "
                 f"state_dim={config.state_dim}), got {tuple(state.shape)} (the policy keeps the history)"
             )
-        return {STATE_KEY: _finite(state, STATE_KEY).to(device=self.device, dtype=self.dtype)}
+        return {STATE_KEY: finite(state, STATE_KEY).to(device=self.device, dtype=self.dtype)}
 
     # Loading --------------------------------------------------------------------------------------------
     @classmethod
@@ -159,4 +153,4 @@ class VDDPolicy(ChunkingPolicy):
                 f"{STATE_KEY!r} must have shape (B, {config.n_obs_steps}, {config.state_dim}) "
                 f"(n_obs_steps, state_dim), got {tuple(torch.as_tensor(obs[STATE_KEY]).shape)}"
             )
-        return _finite(state, STATE_KEY).to(device=self.device, dtype=self.dtype)
+        return finite(state, STATE_KEY).to(device=self.device, dtype=self.dtype)

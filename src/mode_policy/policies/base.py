@@ -1,6 +1,7 @@
-"""What every policy shares: the receding-horizon action queue, eval-mode sampling, and the saved layout.
+"""What every policy shares: the receding-horizon action queue, eval-mode sampling, the saved layout, the
+language encoder and normaliser set-up, and the checks of its inputs (``finite``, ``instructions``).
 
-A subclass provides ``config`` (with ``n_obs_steps`` and ``n_action_steps``), ``dataset_stats``,
+A subclass provides ``config`` (with ``n_obs_steps`` and ``n_action_steps``), calls ``_init_normalization``,
 ``predict_action_chunk(obs, generator=...)`` and ``_current_obs(obs) -> {key: (B, ...)}`` for one env
 step. Saved policies are a directory of config.json (written last: a directory with one is complete),
 model.safetensors and stats.json.
@@ -11,16 +12,18 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mode_policy.io import atomic_write, atomic_write_text
 from mode_policy.nn.encoders.language import LanguageEncoder, make_language_encoder
+from mode_policy.policies.normalizer import Normalizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -46,6 +49,21 @@ class ChunkingPolicy(nn.Module):
                 f"language_encoder={config.language_encoder!r} implies {config.goal_dim}"
             )
         return encoder
+
+    def _init_normalization(
+        self,
+        dataset_stats: Mapping[str, Mapping[str, Any]] | None,
+        mapping: Mapping[str, str],
+        shapes: Mapping[str, int],
+    ) -> None:
+        """The Normalizer of the features in ``mapping``, and their stats kept JSON-ready (numpy arrays ->
+        lists) as ``dataset_stats``, which save_pretrained writes to stats.json."""
+        self.dataset_stats = None if dataset_stats is None else {
+            feature: {name: np.asarray(value).tolist() for name, value in dataset_stats[feature].items()}
+            for feature in mapping
+            if feature in dataset_stats
+        }  # fmt: skip
+        self.normalizer = Normalizer(dataset_stats, mapping, shapes=shapes)
 
     def _init_queues(self, n_obs_steps: int) -> None:
         self._obs_queue: collections.deque[dict[str, torch.Tensor]] = collections.deque(maxlen=n_obs_steps)
@@ -155,3 +173,25 @@ class ChunkingPolicy(nn.Module):
                 "edited after saving?"
             )
         self.load_state_dict(weights)
+
+
+def finite(tensor: torch.Tensor, key: str) -> torch.Tensor:
+    """``tensor`` as floating point; a clear error naming ``key`` if it holds NaN or inf."""
+    if not tensor.is_floating_point():
+        tensor = tensor.float()
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{key!r} contains NaN or inf values (shape {tuple(tensor.shape)})")
+    return tensor
+
+
+def instructions(batch: Mapping[str, Any], batch_size: int) -> list[str]:
+    """batch['task'] as a list of B strings (a single string is repeated)."""
+    tasks = batch.get(TASK_KEY)
+    if tasks is None:
+        raise KeyError(f"batch has no {TASK_KEY!r}: a list of {batch_size} instruction strings")
+    if isinstance(tasks, str):
+        return [tasks] * batch_size
+    if not isinstance(tasks, Sequence) or len(tasks) != batch_size:
+        got = len(tasks) if isinstance(tasks, Sequence) else type(tasks).__name__
+        raise ValueError(f"{TASK_KEY!r} must be a list of {batch_size} instruction strings, got {got}")
+    return list(tasks)

@@ -17,12 +17,11 @@ not applied again here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -30,9 +29,15 @@ from mode_policy.nn.cnn import CNNDenoiser, CNNDenoiserConfig
 from mode_policy.nn.denoiser import MoDEDenoiser
 from mode_policy.nn.encoders.language import LanguageEncoder
 from mode_policy.nn.encoders.vision import VisionEncoder, random_shift
-from mode_policy.policies.base import CONFIG_FILE, STATS_FILE, TASK_KEY, WEIGHTS_FILE, ChunkingPolicy
+from mode_policy.policies.base import (
+    CONFIG_FILE,
+    STATS_FILE,
+    WEIGHTS_FILE,
+    ChunkingPolicy,
+    finite,
+    instructions,
+)
 from mode_policy.policies.configuration_mode import ACTION_KEY, STATE_KEY, MoDEPolicyConfig
-from mode_policy.policies.normalizer import Normalizer
 
 
 class MoDEPolicy(ChunkingPolicy):
@@ -66,9 +71,8 @@ class MoDEPolicy(ChunkingPolicy):
         mapping = config.normalization_mapping
         if not config.use_state:  # image-only: the state is neither read nor normalised
             mapping = {k: v for k, v in mapping.items() if k != STATE_KEY}
-        self.dataset_stats = _stats_as_lists(dataset_stats, mapping)
-        self.normalizer = Normalizer(
-            dataset_stats, mapping, shapes={STATE_KEY: config.state_dim, ACTION_KEY: config.action_dim}
+        self._init_normalization(
+            dataset_stats, mapping, {STATE_KEY: config.state_dim, ACTION_KEY: config.action_dim}
         )
         denoiser_class = CNNDenoiser if isinstance(config.denoiser, CNNDenoiserConfig) else MoDEDenoiser
         self.denoiser = denoiser_class(config.denoiser)
@@ -129,7 +133,7 @@ class MoDEPolicy(ChunkingPolicy):
         )
         batch_size = action.shape[0]
         images = self._images(batch, batch_size, augment=self.training, generator=generator)
-        tasks = _tasks(batch, batch_size)
+        tasks = instructions(batch, batch_size)
         mask = None
         if batch.get("action_is_pad") is not None:
             is_pad = torch.as_tensor(batch["action_is_pad"], device=self.device)
@@ -171,7 +175,7 @@ class MoDEPolicy(ChunkingPolicy):
         state = self._inference_state(obs) if config.use_state else None  # (B, n_obs_steps, state_dim)
         images = self._inference_images(obs, None if state is None else state.shape[0])
         batch_size = state.shape[0] if state is not None else next(iter(images.values())).shape[0]
-        tasks = _tasks(obs, batch_size)
+        tasks = instructions(obs, batch_size)
         with self._eval_mode():
             sigmas = config.sampling_sigmas(dtype=self.dtype, device=self.device)
             goal = self._goal(tasks)
@@ -360,7 +364,7 @@ class MoDEPolicy(ChunkingPolicy):
                 f"{STATE_KEY!r} must have shape {accepted} (n_obs_steps, state_dim), got "
                 f"{tuple(torch.as_tensor(obs[STATE_KEY]).shape)}"
             )
-        return _finite(state, STATE_KEY).to(device=self.device, dtype=self.dtype)
+        return finite(state, STATE_KEY).to(device=self.device, dtype=self.dtype)
 
     def _current_state(self, obs: Mapping[str, Any]) -> torch.Tensor:
         """obs['observation.state'] of one env step as (B, state_dim), finite."""
@@ -372,7 +376,7 @@ class MoDEPolicy(ChunkingPolicy):
                 f"select_action takes {STATE_KEY!r} of the current step with shape (B, "
                 f"state_dim={self.config.state_dim}), got {tuple(state.shape)} (the policy keeps the history)"
             )
-        return _finite(state, STATE_KEY).to(device=self.device, dtype=self.dtype)
+        return finite(state, STATE_KEY).to(device=self.device, dtype=self.dtype)
 
 
 def _channels_first(images: torch.Tensor) -> torch.Tensor:
@@ -380,37 +384,3 @@ def _channels_first(images: torch.Tensor) -> torch.Tensor:
     if images.shape[-1] == 3 and images.shape[-3] != 3:
         return images.movedim(-1, -3)
     return images
-
-
-def _finite(tensor: torch.Tensor, key: str) -> torch.Tensor:
-    if not tensor.is_floating_point():
-        tensor = tensor.float()
-    if not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{key!r} contains NaN or inf values (shape {tuple(tensor.shape)})")
-    return tensor
-
-
-def _tasks(batch: Mapping[str, Any], batch_size: int) -> list[str]:
-    """batch['task'] as a list of B strings (a single string is repeated)."""
-    tasks = batch.get(TASK_KEY)
-    if tasks is None:
-        raise KeyError(f"batch has no {TASK_KEY!r}: a list of {batch_size} instruction strings")
-    if isinstance(tasks, str):
-        return [tasks] * batch_size
-    if not isinstance(tasks, Sequence) or len(tasks) != batch_size:
-        got = len(tasks) if isinstance(tasks, Sequence) else type(tasks).__name__
-        raise ValueError(f"{TASK_KEY!r} must be a list of {batch_size} instruction strings, got {got}")
-    return list(tasks)
-
-
-def _stats_as_lists(
-    stats: Mapping[str, Mapping[str, Any]] | None, mapping: Mapping[str, str]
-) -> dict[str, dict[str, Any]] | None:
-    """The stats of the features this policy normalises, JSON-ready (numpy arrays -> lists)."""
-    if stats is None:
-        return None
-    return {
-        feature: {name: np.asarray(value).tolist() for name, value in stats[feature].items()}
-        for feature in mapping
-        if feature in stats
-    }
