@@ -1,9 +1,10 @@
 """What every policy shares: the receding-horizon action queue, eval-mode sampling, the saved layout, the
 language encoder and normaliser set-up, and the checks of its inputs (``finite``, ``instructions``).
 
-A subclass provides ``config`` (with ``n_obs_steps`` and ``n_action_steps``), calls ``_init_normalization``,
-``predict_action_chunk(obs, generator=...)`` and ``_current_obs(obs) -> {key: (B, ...)}`` for one env
-step. Saved policies are a directory of config.json (written last: a directory with one is complete),
+A subclass sets ``config`` (with ``n_obs_steps`` and ``n_action_steps``), calls ``_language_encoder``,
+``_init_normalization`` and ``_init_queues`` in its ``__init__``, and provides
+``predict_action_chunk(obs, generator=...)`` and ``_current_obs(obs) -> {key: (B, ...)}`` for one env step.
+Saved policies are a directory of config.json (written last: a directory with one is complete),
 model.safetensors and stats.json.
 """
 
