@@ -15,6 +15,8 @@ from mode_policy.config_io import JSONConfig, check_positive_int
 ROUTER_INPUTS = ("sigma", "token", "task", "sigma_goal", "stage", "fixed")
 ATTENTION_MASKS = ("causal", "bidirectional")
 RESIDUAL_VARIANTS = ("prenorm", "reference")
+# What goes in and comes out of a denoiser (MoDE or CNN alike): a policy derives these from its data.
+INTERFACE_FIELDS = ("action_dim", "chunk_size", "obs_dim", "num_obs_tokens", "goal_dim", "num_goal_tokens")
 
 
 @dataclass
@@ -64,12 +66,7 @@ class MoDEConfig(JSONConfig):
 
     def __post_init__(self) -> None:
         positive = [
-            "action_dim",
-            "chunk_size",
-            "obs_dim",
-            "num_obs_tokens",
-            "goal_dim",
-            "num_goal_tokens",
+            *INTERFACE_FIELDS,
             "width",
             "depth",
             "heads",

@@ -12,20 +12,13 @@ from dataclasses import fields
 from typing import Any
 
 from mode_policy.nn.cnn.config import CNNDenoiserConfig
-from mode_policy.nn.config import MoDEConfig
+from mode_policy.nn.config import INTERFACE_FIELDS, MoDEConfig
 from mode_policy.policies.configuration_mode import ACTION_KEY, STATE_KEY, MoDEPolicyConfig
 
 # Derived from the dataset (and, for the denoiser, from the policy fields): overriding them would only
 # produce a policy that cannot read the data.
 DERIVED_KEYS = ("state_dim", "action_dim")
-DERIVED_DENOISER_KEYS = (
-    "action_dim",
-    "chunk_size",
-    "obs_dim",
-    "num_obs_tokens",
-    "goal_dim",
-    "num_goal_tokens",
-)
+DERIVED_DENOISER_KEYS = INTERFACE_FIELDS
 
 
 def valid_override_keys() -> list[str]:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 from mode_policy.config_io import JSONConfig, check_known_keys, check_positive_int
-from mode_policy.nn.config import MoDEConfig
+from mode_policy.nn.config import INTERFACE_FIELDS, MoDEConfig
 
 KIND_KEY = "kind"
 
@@ -53,12 +53,7 @@ class CNNDenoiserConfig(JSONConfig):
 
     def __post_init__(self) -> None:
         positive = [
-            "action_dim",
-            "chunk_size",
-            "obs_dim",
-            "num_obs_tokens",
-            "goal_dim",
-            "num_goal_tokens",
+            *INTERFACE_FIELDS,
             "kernel_size",
             "n_groups",
             "cond_embed_dim",
