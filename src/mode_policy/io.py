@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -28,6 +29,19 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def state_dict_mismatch(expected: Mapping[str, Any], loaded: Mapping[str, Any], show: int = 4) -> str:
+    """'' when ``loaded`` has exactly ``expected``'s tensor names and shapes; else which names are missing,
+    unexpected or resized (the first ``show`` of each, and their count), for an error message."""
+    missing = sorted(set(expected) - set(loaded))
+    unexpected = sorted(set(loaded) - set(expected))
+    resized = sorted(k for k in set(expected) & set(loaded) if expected[k].shape != loaded[k].shape)
+    return "; ".join(
+        f"{label} {keys[:show]}{' ...' if len(keys) > show else ''} ({len(keys)})"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("resized", resized))
+        if keys
+    )
 
 
 def _umask() -> int:

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mode_policy.io import atomic_write, atomic_write_text
+from mode_policy.io import atomic_write, atomic_write_text, state_dict_mismatch
 from mode_policy.nn.encoders.language import LanguageEncoder, make_language_encoder
 from mode_policy.policies.normalizer import Normalizer
 
@@ -160,18 +160,11 @@ class ChunkingPolicy(nn.Module):
         """Load model.safetensors, refusing missing, unexpected or resized tensors by name."""
         weights_path, config_path = directory / WEIGHTS_FILE, directory / CONFIG_FILE
         weights = load_file(str(weights_path))
-        own = self.state_dict()
-        missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
-        resized = [k for k in sorted(set(own) & set(weights)) if own[k].shape != weights[k].shape]
-        if missing or unexpected or resized:
-            details = [
-                f"{label} {keys[:3]}{' ...' if len(keys) > 3 else ''}"
-                for label, keys in (("missing", missing), ("unexpected", unexpected), ("resized", resized))
-                if keys
-            ]
+        mismatch = state_dict_mismatch(self.state_dict(), weights)
+        if mismatch:
             raise ValueError(
-                f"{weights_path} does not match {config_path} ({'; '.join(details)}); was config.json "
-                "edited after saving?"
+                f"{weights_path} does not match {config_path} ({mismatch}); was config.json edited after "
+                "saving?"
             )
         self.load_state_dict(weights)
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mode_policy.io import state_dict_mismatch
+
 # (block, blocks per stage) as in torchvision.
 ARCHITECTURES: dict[str, tuple[str, tuple[int, int, int, int]]] = {
     "resnet18": ("basic", (2, 2, 2, 2)),
@@ -172,17 +174,10 @@ class ResNetTrunk(nn.Module):
         if self.norm_kind == "group":
             weights = {k: v for k, v in weights.items() if not k.endswith(skip)}
         weights = {k: v for k, v in weights.items() if not k.startswith("fc.")}
-        missing = sorted(set(own) - set(weights))
-        unexpected = sorted(set(weights) - set(own))
-        resized = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
-        if missing or unexpected or resized:
-            parts = [
-                f"{label} {keys[:4]}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
-                for label, keys in (("missing", missing), ("unexpected", unexpected), ("resized", resized))
-                if keys
-            ]
+        mismatch = state_dict_mismatch(own, weights)
+        if mismatch:
             raise ValueError(
-                f"{path} does not hold torchvision {self.arch} weights: {'; '.join(parts)}; convert the "
+                f"{path} does not hold torchvision {self.arch} weights: {mismatch}; convert the "
                 f"matching torchvision model (vision_backbone={self.arch!r})"
             )
         self.load_state_dict(weights, strict=False)
