@@ -39,8 +39,7 @@ def warm_start(
     """Fit ``student``'s means and gating to demonstration chunks from ``source`` (a BatchSource with
     actions); cosine learning rate from ``lr`` to lr/10. Returns one row {"step", "warm_start_nll"} per
     100 steps (the negative log-likelihood per chunk, up to the fixed Gaussian's constant)."""
-    network = student.network
-    optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(student.network.parameters(), lr=lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, eta_min=lr / 10)
     inverse_variance = 1.0 / WARM_START_STD**2
     history: list[dict[str, float]] = []
@@ -49,7 +48,7 @@ def warm_start(
     for step in range(1, steps + 1):
         state, tasks, action = source.sample(batch_size, generator)
         obs, goal = student.encode_inputs(state, tasks)
-        params = network(obs, goal, need_scale=False)
+        params = student.mixture(obs, goal, need_scale=False)  # the means and the gating only
         action = action.to(device=student.device, dtype=student.dtype)
         target = student.normalizer.normalize(ACTION_KEY, action)  # (B, chunk, action_dim)
         distance = (target.flatten(1)[:, None] - params.means).square().sum(-1)  # (B, K)
