@@ -6,11 +6,21 @@ import argparse
 import functools
 import json
 import sys
+import warnings
 from collections.abc import Callable
+
+from mode_policy.messages import ModePolicyWarning
+
+_python_show_warning = warnings.showwarning
+
+
+# What a command reports as one line instead of a traceback: bad values and files (ValueError, with the
+# library's DatasetError / CorruptFileError / TeacherError), missing or taken paths (OSError), missing keys.
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, OSError, KeyError)
 
 
 def reports_errors(command: str, *errors: type[Exception]) -> Callable:
-    """Turn the user errors a command expects (bad input, existing output, missing files) into one line
+    """Turn the user errors a command expects (``USER_ERRORS`` and ``errors``) into one line
     ``mode-policy <command>: error: ...`` on stderr and exit code 2, instead of a traceback."""
 
     def decorate(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -18,13 +28,40 @@ def reports_errors(command: str, *errors: type[Exception]) -> Callable:
         def wrapper(args: argparse.Namespace) -> int:
             try:
                 return run(args)
-            except errors as err:
-                print(f"mode-policy {command}: error: {err}", file=sys.stderr)
+            except (*USER_ERRORS, *errors) as err:
+                text = err.args[0] if isinstance(err, KeyError) and err.args else err
+                message = " ".join(str(text).split())  # one line, whatever the message held
+                print(f"mode-policy {command}: error: {message}", file=sys.stderr)
                 return 2
 
         return wrapper
 
     return decorate
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a bad flag or value reported as one line (and exit code 2) instead of the usage."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our warnings as one plain line on stderr; any other warning as Python prints it."""
+    if issubclass(category, ModePolicyWarning):
+        print(f"mode-policy: warning: {message}", file=file or sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+def _numbers(text: str) -> list[float]:
+    """``"0.05,0.1"`` -> [0.05, 0.1], for comma-separated numeric flags."""
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, e.g. 0.05,0.1,0.2; got {text!r}"
+        ) from None
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -62,7 +99,7 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
-@reports_errors("collect", ValueError, FileExistsError)  # bad task names, existing output
+@reports_errors("collect", RuntimeError)  # RuntimeError: the scripted experts or the renderer failed
 def collect(args: argparse.Namespace) -> int:
     """Record Meta-World scripted-expert demonstrations into a LeRobotDataset v3."""
     from mode_policy.data.collect import collect_demonstrations
@@ -90,7 +127,7 @@ def collect(args: argparse.Namespace) -> int:
     return 0
 
 
-@reports_errors("train", ValueError, FileExistsError, FileNotFoundError)
+@reports_errors("train", FloatingPointError)  # FloatingPointError: training diverged
 def train_command(args: argparse.Namespace) -> int:
     """Train a MoDE policy on a LeRobot dataset (Lightning; resumable; DDP by flags)."""
     from mode_policy.training.train import train
@@ -116,7 +153,7 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-@reports_errors("eval", ValueError, FileNotFoundError)
+@reports_errors("eval")
 def eval_command(args: argparse.Namespace) -> int:
     """Evaluate a policy on Meta-World with seeded episodes; print and save the success table."""
     from mode_policy.evaluation.rollout import evaluate
@@ -131,13 +168,14 @@ def eval_command(args: argparse.Namespace) -> int:
         video_dir=args.video_dir,
         use_expert_cache=False if args.no_expert_cache else None,
         out_dir=args.out,
+        max_episode_steps=args.max_episode_steps,
     )
     if "results_dir" in results:
         print(f"results written to {results['results_dir']}")
     return 0
 
 
-@reports_errors("inspect", ValueError, FileNotFoundError)
+@reports_errors("inspect")
 def inspect_command(args: argparse.Namespace) -> int:
     """Plot per-layer expert usage (sampler step x expert) of a trained policy."""
     from mode_policy.evaluation.inspect import inspect_policy
@@ -147,7 +185,7 @@ def inspect_command(args: argparse.Namespace) -> int:
     return 0
 
 
-@reports_errors("quickstart", ValueError, FileExistsError, RuntimeError)
+@reports_errors("quickstart", RuntimeError, FloatingPointError)
 def quickstart_command(args: argparse.Namespace) -> int:
     """Collect MT10 demos, train a small MoDE policy and evaluate it, within a time budget."""
     from mode_policy.training.quickstart import quickstart
@@ -156,7 +194,7 @@ def quickstart_command(args: argparse.Namespace) -> int:
     return 0
 
 
-@reports_errors("distill", ValueError, FileExistsError, FileNotFoundError)  # TeacherError is a ValueError
+@reports_errors("distill", FloatingPointError)  # FloatingPointError: the distillation loss diverged
 def distill_command(args: argparse.Namespace) -> int:
     """Distil a trained MoDE policy into a one-step mixture of Gaussian experts (VDD)."""
     from mode_policy.distill import distill
@@ -172,7 +210,7 @@ def distill_command(args: argparse.Namespace) -> int:
         lr=args.lr,
         covariance=args.covariance,
         samples_per_expert=args.samples_per_expert,
-        score_sigmas=[float(s) for s in args.sigmas.split(",")],
+        score_sigmas=args.sigmas,
         score_estimator=args.score_estimator,
         gating_targets=args.gating_targets,
         warm_start_steps=args.warm_start_steps,
@@ -205,7 +243,9 @@ def _add_distill_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--covariance", choices=["full", "diagonal"], default="full")
     parser.add_argument("--samples-per-expert", type=int, default=1, help="reparameterised draws per step")
-    parser.add_argument("--sigmas", default="0.05,0.1,0.2", help="teacher noise levels of the score")
+    parser.add_argument(
+        "--sigmas", type=_numbers, default=[0.05, 0.1, 0.2], help="teacher score noise levels (0.05,0.1,0.2)"
+    )
     parser.add_argument(
         "--score-estimator", choices=["centred", "plain"], default="centred",
         help="centred: the score's Gaussian part in closed form (lower variance); plain: as the paper",
@@ -263,6 +303,10 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     eval_parser.add_argument("--video-dir", default=None, help="MP4 of each task's first episode (libosmesa)")
     eval_parser.add_argument("--no-expert-cache", action="store_true", help="route at every step instead")
     eval_parser.add_argument("--out", default=None, help="results folder (default RUN/eval/<suite>-seed<S>)")
+    eval_parser.add_argument(
+        "--max-episode-steps", type=int, default=None,
+        help="end episodes sooner than Meta-World's 500 steps (smoke tests; results are not comparable)",
+    )  # fmt: skip
     eval_parser.set_defaults(run=eval_command)
 
     inspect_parser = commands.add_parser(
@@ -283,8 +327,8 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mode-policy", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="mode-policy", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     demo_parser = commands.add_parser("demo", help="train and sample a MoDE denoiser on a 2-D two-mode toy")
     demo_parser.add_argument("--seconds", type=float, default=40.0, help="training time budget")
     demo_parser.add_argument("--steps", type=int, default=1500, help="maximum training steps")
@@ -324,8 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.run(args)
+    previous, warnings.showwarning = warnings.showwarning, _show_warning
+    try:
+        args = build_parser().parse_args(argv)
+        return args.run(args)
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from mode_policy.io import atomic_write_text
+from mode_policy.io import atomic_write_text, read_json
 
 
 class JSONConfig:
@@ -25,6 +25,7 @@ class JSONConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]):
         check_known_keys(cls, values)
+        check_field_types(cls, values)
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
@@ -33,7 +34,11 @@ class JSONConfig:
 
     @classmethod
     def load(cls, path: str | Path):
-        return cls.from_dict(read_config_json(path, cls.__name__, cls.config_file_hint))
+        values = read_config_json(path, cls.__name__, cls.config_file_hint)
+        try:
+            return cls.from_dict(values)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
 
 
 def check_known_keys(
@@ -48,6 +53,28 @@ def check_known_keys(
         )
 
 
+# JSON kinds a field annotation admits, by the annotation's base names (``int | list[int]``).
+_JSON_KINDS: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "list": (list,),
+    "tuple": (list, tuple), "dict": (dict,), "None": (type(None),),
+}  # fmt: skip
+
+
+def check_field_types(cls: type, values: dict[str, Any]) -> None:
+    """Refuse a value whose JSON kind the field's annotation does not admit (a string where a number
+    belongs, a number for a flag, ...), naming the field; fields of other types are left to the class."""
+    for f in fields(cls):
+        if f.name not in values or not isinstance(f.type, str):
+            continue
+        bases = [part.strip().split("[")[0] for part in f.type.split("|")]
+        if not all(base in _JSON_KINDS for base in bases):
+            continue
+        value = values[f.name]
+        kinds = tuple(kind for base in bases for kind in _JSON_KINDS[base])
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise ValueError(f"{cls.__name__}.{f.name} must be {' or '.join(bases)}, got {value!r}")
+
+
 def read_config_json(path: str | Path, class_name: str, written_by: str = "save()") -> dict[str, Any]:
     """The JSON object in ``path``, with errors that say what to do."""
     path = Path(path)
@@ -55,10 +82,7 @@ def read_config_json(path: str | Path, class_name: str, written_by: str = "save(
         raise FileNotFoundError(
             f"no config file at {path}; expected a config.json written by {class_name}.{written_by}"
         )
-    try:
-        values = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); re-save it with {class_name}.save") from None
+    values = read_json(path, fix=f"restore it, or re-save it with {class_name}.{written_by}")
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a JSON object of {class_name} fields")
     return values

@@ -20,7 +20,7 @@ def _config(**kwargs):
         "tasks": ["a", "b"],
         "image_keys": [CAMERA],
         "n_obs_steps": 2,
-        "image_size": 32,
+        "image_size": 40,  # the smallest ResNet input of a 2x2 last feature map is 33
         "vision_feature_dim": 16,
         "denoiser": {"width": 32, "depth": 2, "heads": 2, "num_experts": 4, "top_k": 2},
     }
@@ -43,7 +43,7 @@ def test_image_policy_trains_and_acts(use_state, tmp_path):
     assert config.denoiser.obs_dim == 16
     policy = MoDEPolicy(config, STATS)
     batch = {
-        CAMERA: torch.randint(0, 256, (4, 2, 3, 32, 32), dtype=torch.uint8),
+        CAMERA: torch.randint(0, 256, (4, 2, 3, 40, 40), dtype=torch.uint8),
         "action": torch.rand(4, 10, 4),
         "task": ["a", "b", "a", "b"],
     }
@@ -55,7 +55,7 @@ def test_image_policy_trains_and_acts(use_state, tmp_path):
     policy.save_pretrained(tmp_path / "p")
     loaded = MoDEPolicy.from_pretrained(tmp_path / "p")
     loaded.reset()
-    obs = {CAMERA: np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8), "task": "a"}
+    obs = {CAMERA: np.random.default_rng(0).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8), "task": "a"}
     if use_state:
         obs["observation.state"] = torch.randn(2, 5)
     assert loaded.select_action(obs).shape == (2, 4)
@@ -68,7 +68,7 @@ def test_image_only_needs_cameras():
 
 @pytest.mark.slow
 def test_image_policy_collect_train_eval(tmp_path):
-    """2 tasks x 2 demos with one 32 px camera, 3 train steps, 1 short eval episode (~1 min on one core)."""
+    """2 tasks x 2 demos with one 40 px camera, 3 train steps, 1 short eval episode (~1 min on one core)."""
     pytest.importorskip("metaworld")
     pytest.importorskip("av", reason="PyAV is needed for MP4 camera features: pip install av")
     from mode_policy.evaluation.rollout import evaluate, osmesa_available
@@ -85,10 +85,10 @@ def test_image_policy_collect_train_eval(tmp_path):
         episodes_per_task=2,
         progress=False,
         cameras="corner",
-        image_size=32,
+        image_size=40,
     )
     dataset = LeRobotDataset(data)
-    assert dataset.images(CAMERA).shape == (dataset.num_frames, 32, 32, 3)
+    assert dataset.images(CAMERA).shape == (dataset.num_frames, 40, 40, 3)
     run = train(
         data,
         tmp_path / "run",

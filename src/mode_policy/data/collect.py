@@ -38,11 +38,17 @@ from mode_policy.envs.metaworld import (
     scripted_policy,
     suite_tasks,
 )
+from mode_policy.keys import ACTION_KEY, STATE_KEY, image_key
+from mode_policy.messages import warn
+from mode_policy.nn.encoders.vision import feature_map_size, smallest_image_size
 
 FEATURES: dict[str, dict[str, Any]] = {
-    "observation.state": {"dtype": "float32", "shape": [STATE_DIM], "names": list(STATE_NAMES)},
-    "action": {"dtype": "float32", "shape": [ACTION_DIM], "names": list(ACTION_NAMES)},
+    STATE_KEY: {"dtype": "float32", "shape": [STATE_DIM], "names": list(STATE_NAMES)},
+    ACTION_KEY: {"dtype": "float32", "shape": [ACTION_DIM], "names": list(ACTION_NAMES)},
 }
+
+
+MIN_IMAGE_SIZE = 8  # what MoDEPolicyConfig.image_size accepts
 
 
 @dataclass
@@ -63,8 +69,20 @@ def camera_features(cameras: list[str], image_size: int, image_format: str = "vi
     """Dataset features of the rendered cameras: ``observation.images.<camera>`` of shape [H, W, 3]."""
     if image_format not in ("video", "image"):
         raise ValueError(f"image_format must be 'video' (MP4) or 'image' (PNG), got {image_format!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"image size (--image-size) must be an integer >= {MIN_IMAGE_SIZE} pixels, got {image_size!r}"
+        )
+    smallest = smallest_image_size("spatial_softmax")
+    if image_size < smallest:
+        cells = feature_map_size(image_size)
+        warn(
+            f"{image_size} px camera frames are too small for the default image encoder: ResNet's last "
+            f"feature map would be {cells}x{cells}, where spatial-softmax keypoints cannot move; use "
+            f"--image-size {smallest} or more (or train with --set vision_pool=avg)"
+        )
     return {
-        f"observation.images.{camera}": {
+        image_key(camera): {
             "dtype": image_format,
             "shape": [image_size, image_size, 3],
             "names": ["height", "width", "channels"],
@@ -270,8 +288,8 @@ def _write_task(writer: LeRobotDatasetWriter, result: TaskCollection) -> None:
     task = instruction(result.task)
     for ep in result.episodes:
         for t, (state, action) in enumerate(zip(ep.states, ep.actions, strict=True)):
-            frame = {"observation.state": state, "action": action}
+            frame = {STATE_KEY: state, ACTION_KEY: action}
             for camera, images in (ep.images or {}).items():
-                frame[f"observation.images.{camera}"] = images[t]
+                frame[image_key(camera)] = images[t]
             writer.add_frame(frame)
         writer.save_episode(task=task)

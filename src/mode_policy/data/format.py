@@ -8,12 +8,14 @@ shape (n,) is a ``fixed_size_list<dtype>[n]`` column (HF ``datasets.Sequence(len
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from mode_policy.data.errors import DatasetError
 
@@ -43,6 +45,34 @@ DEFAULT_FEATURES: dict[str, dict[str, Any]] = {
 }
 # Feature dtypes that live outside the numeric columns (decoded media, strings): listed, never loaded here.
 NON_NUMERIC_DTYPES = frozenset({"image", "video", "string", "audio"})
+
+
+# Reading parquet: the only place this package calls pyarrow's readers, so a damaged file is one line.
+_DAMAGED = "the file is truncated or damaged: restore it, or rewrite the dataset"
+
+
+def read_parquet(path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """The table in ``path`` (only ``columns`` if given); DatasetError naming the file if it is unreadable."""
+    return _parquet(path, lambda: pq.read_table(path, columns=None if columns is None else list(columns)))
+
+
+def read_parquet_schema(path: str | Path) -> pa.Schema:
+    return _parquet(path, lambda: pq.read_schema(path))
+
+
+def parquet_rows(path: str | Path) -> int:
+    return _parquet(path, lambda: pq.read_metadata(path).num_rows)
+
+
+def _parquet(path: str | Path, read: Any) -> Any:
+    try:
+        return read()
+    except (pa.ArrowException, OSError, ValueError) as error:
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            reason = "the file is empty"
+        else:
+            reason = str(error).strip().splitlines()[0][:160] or type(error).__name__
+        raise DatasetError(f"{path}: not a readable parquet file ({reason}); {_DAMAGED}") from None
 
 
 def is_numeric(feature: Mapping[str, Any]) -> bool:

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mode_policy.data.errors import DatasetError
 from mode_policy.data.format import (
@@ -33,9 +32,13 @@ from mode_policy.data.format import (
     column_to_numpy,
     feature_shape,
     is_numeric,
+    parquet_rows,
+    read_parquet,
+    read_parquet_schema,
 )
-from mode_policy.data.stats import Stats, compute_stats, stats_from_json
+from mode_policy.data.stats import Stats, check_stats, compute_stats, stats_from_json
 from mode_policy.data.writer import LeRobotDatasetWriter
+from mode_policy.io import CorruptFileError, read_json
 
 __all__ = ["LeRobotDataset", "LeRobotDatasetWriter"]
 
@@ -128,14 +131,19 @@ class LeRobotDataset:
                 f"holds meta/ and data/, or {_COLLECT_HINT}"
             )
         try:
-            info = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise DatasetError(
-                f"{path}: not valid JSON ({err}); restore the file or rewrite the dataset"
-            ) from err
+            info = read_json(path, fix="restore the file or rewrite the dataset")
+        except CorruptFileError as err:
+            raise DatasetError(str(err)) from None
+        if not isinstance(info, dict):
+            raise DatasetError(f"{path}: must hold a JSON object (LeRobot v3.0 info.json)")
         for key in ("codebase_version", "fps", "features"):
             if key not in info:
                 raise DatasetError(f"{path}: field {key!r} is missing; add it (LeRobot v3.0 info.json)")
+        fps = info["fps"]
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < float("inf"):
+            raise DatasetError(
+                f"{path}: field 'fps' must be a positive number of frames per second, got {fps!r}"
+            )
         version = str(info["codebase_version"])
         if not version.startswith("v3"):
             raise DatasetError(
@@ -150,6 +158,17 @@ class LeRobotDataset:
         for name, ft in info["features"].items():
             if not isinstance(ft, dict) or "dtype" not in ft or "shape" not in ft:
                 raise DatasetError(f"{path}: features[{name!r}] needs 'dtype' and 'shape'; add them")
+            shape = ft["shape"]
+            if (
+                not isinstance(shape, list)
+                or not shape
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+            ):
+                raise DatasetError(
+                    f"{path}: features[{name!r}].shape must be a list of positive integers, got {shape!r}"
+                )
+            if not isinstance(ft["dtype"], str):
+                raise DatasetError(f"{path}: features[{name!r}].dtype must be a string, got {ft['dtype']!r}")
             if is_numeric(ft):
                 try:
                     np.dtype(ft["dtype"])
@@ -169,7 +188,7 @@ class LeRobotDataset:
             raise DatasetError(
                 f"{path}: missing; it maps each task string to its task_index; rewrite the dataset"
             )
-        table = pq.read_table(path)
+        table = read_parquet(path)
         if "task_index" not in table.column_names:
             raise DatasetError(f"{path}: column 'task_index' is missing; columns are {table.column_names}")
         task_column = _task_string_column(table)
@@ -180,7 +199,9 @@ class LeRobotDataset:
             )
         indices = table.column("task_index").to_pylist()
         strings = table.column(task_column).to_pylist()
-        if sorted(indices) != list(range(len(indices))):
+        if not all(isinstance(t, str) for t in strings):
+            raise DatasetError(f"{path}: column {task_column!r} must hold one task string per row")
+        if not all(isinstance(i, int) for i in indices) or sorted(indices) != list(range(len(indices))):
             raise DatasetError(
                 f"{path}: field 'task_index' must number tasks 0..{len(indices) - 1} once each, "
                 f"got {sorted(indices)}"
@@ -200,14 +221,20 @@ class LeRobotDataset:
         required = ("episode_index", "length", "dataset_from_index", "dataset_to_index")
         episodes: list[dict[str, Any]] = []
         for path in files:
-            schema = pq.read_schema(path)
+            schema = read_parquet_schema(path)
             for name in required:
                 if name not in schema.names:
                     raise DatasetError(f"{path}: column {name!r} is missing; rewrite the episode metadata")
             # Per-episode stats columns ("stats/...") are large and unused here: skip them like LeRobot.
             keep = [n for n in schema.names if not n.startswith("stats/") and n != "__index_level_0__"]
-            rows = pq.read_table(path, columns=keep).to_pylist()
+            rows = read_parquet(path, columns=keep).to_pylist()
             for row in rows:
+                bad = [n for n in required if not isinstance(row[n], int) or isinstance(row[n], bool)]
+                if bad:
+                    raise DatasetError(
+                        f"{path}: column {bad[0]!r} must hold integers, got {row[bad[0]]!r}; rewrite the "
+                        "episode metadata"
+                    )
                 row["_file"] = path
             episodes.extend(rows)
         if not episodes:
@@ -231,14 +258,14 @@ class LeRobotDataset:
         self._num_rows = 0
         for path in files:
             where = str(path)
-            names = pq.read_schema(path).names
+            names = read_parquet_schema(path).names
             for name in numeric:
                 if name not in names:
                     raise DatasetError(
                         f"{where}: column {name!r} is listed in meta/info.json features but missing from the "
                         "parquet file; remove it from info.json or rewrite the data"
                     )
-            table = pq.read_table(path, columns=numeric)
+            table = read_parquet(path, columns=numeric)
             self._num_rows += table.num_rows
             for name in numeric:
                 parts[name].append(column_to_numpy(table.column(name), name, self.features[name], where))
@@ -258,7 +285,7 @@ class LeRobotDataset:
     def _file_of_row(self, files: list[Path], row: int) -> str:
         start = 0
         for path in files:
-            rows = pq.read_metadata(path).num_rows
+            rows = parquet_rows(path)
             if row < start + rows:
                 return str(path)
             start += rows
@@ -336,13 +363,21 @@ class LeRobotDataset:
             del ep["_file"]
 
     def _load_stats(self) -> Stats:
+        """meta/stats.json, checked against the data for every float feature; missing features computed."""
         path = self.root / STATS_PATH
         stats: Stats = {}
+        fix = "delete meta/stats.json to recompute it from the data"
         if path.is_file():
             try:
-                stats = stats_from_json(json.loads(path.read_text()))
-            except (json.JSONDecodeError, AttributeError) as err:
-                raise DatasetError(f"{path}: not a valid stats file ({err}); delete it to recompute") from err
+                raw = read_json(path, fix=fix)
+            except CorruptFileError as err:
+                raise DatasetError(str(err)) from None
+            if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+                raise DatasetError(f"{path}: must map each feature to its stats (min, max, ...); {fix}")
+            try:
+                stats = stats_from_json(raw)
+            except (TypeError, ValueError) as err:
+                raise DatasetError(f"{path}: not a valid stats file ({err}); {fix}") from None
             for name, values in stats.items():
                 ft = self.features.get(name)
                 if ft is None or not is_numeric(ft) or "mean" not in values:
@@ -350,9 +385,15 @@ class LeRobotDataset:
                 if values["mean"].shape != feature_shape(ft):
                     raise DatasetError(
                         f"{path}: stats[{name!r}].mean has shape {list(values['mean'].shape)}, "
-                        f"but meta/info.json declares {list(feature_shape(ft))}; "
-                        "delete stats.json to recompute it"
+                        f"but meta/info.json declares {list(feature_shape(ft))}; {fix}"
                     )
+            for name, column in self._columns.items():
+                if name in stats and column.dtype.kind == "f":
+                    problem = check_stats(stats[name], column)
+                    if problem:
+                        raise DatasetError(
+                            f"{path}: stats[{name!r}] does not describe the data: {problem}; {fix}"
+                        )
         missing = {n: ft for n, ft in self.features.items() if is_numeric(ft) and n not in stats}
         if missing:
             stats.update(compute_stats(self, missing))
@@ -364,7 +405,10 @@ def _task_string_column(table: pa.Table) -> str | None:
     versions, unnamed '__index_level_0__' in earlier v3 ones); fall back to any string column."""
     meta = table.schema.metadata or {}
     if b"pandas" in meta:
-        index_columns = json.loads(meta[b"pandas"]).get("index_columns", [])
+        try:
+            index_columns = json.loads(meta[b"pandas"]).get("index_columns", [])
+        except (ValueError, AttributeError, TypeError):  # damaged pandas metadata: look at the columns
+            index_columns = []
         for col in index_columns:
             if isinstance(col, str) and col in table.column_names:
                 return col

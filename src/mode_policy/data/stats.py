@@ -59,6 +59,66 @@ def compute_stats(
     return {name: feature_stats(source.column(name)) for name, ft in feats.items() if is_numeric(ft)}
 
 
+REQUIRED_STATS = ("min", "max", "mean", "std")
+
+
+def check_stats(stats: Mapping[str, Any], values: np.ndarray) -> str | None:
+    """Why ``stats`` (one feature's entry of stats.json) do not describe ``values`` (rows, ...), or None.
+
+    Checked: the four stats a normaliser may use are present, finite and of the feature's shape; the
+    [min, max] range covers the data (a narrower range would keep a policy from ever reaching the data's
+    extremes); a zero std only where the data never vary; the mean inside the data's range.
+    """
+    data = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    if data.shape[0] == 0:
+        return None
+    width = data.shape[1]
+    arrays = {}
+    for key in REQUIRED_STATS:
+        if key not in stats:
+            return f"lacks {key!r} (it has {sorted(stats)})"
+        try:
+            array = np.asarray(stats[key], dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            return f"{key!r} is not a list of numbers"
+        if array.size != width:
+            return f"{key!r} has {array.size} values, the data {width} per frame"
+        if not np.isfinite(array).all():
+            return f"{key!r} holds NaN or inf"
+        arrays[key] = array
+    low, high = data.min(axis=0), data.max(axis=0)
+    tolerance = 1e-6 * np.maximum(1.0, np.maximum(np.abs(low), np.abs(high)))
+    checks = (
+        (arrays["min"] > low + tolerance, "min", low, "is above the data's minimum"),
+        (arrays["max"] < high - tolerance, "max", high, "is below the data's maximum"),
+        (arrays["std"] < 0, "std", data.std(axis=0), "is negative"),
+        (
+            (arrays["std"] <= 1e-12) & (high - low > tolerance),
+            "std",
+            data.std(axis=0),
+            "is 0 where the data vary",
+        ),
+        (
+            (arrays["mean"] < low - tolerance) | (arrays["mean"] > high + tolerance),
+            "mean",
+            data.mean(axis=0),
+            "lies outside the data's range",
+        ),
+    )
+    for bad, key, actual, what in checks:
+        if bad.any():
+            dim = int(np.flatnonzero(bad)[0])
+            return f"{key!r} of dimension {dim} {what} ({arrays[key][dim]:.6g} vs {actual[dim]:.6g})"
+    return None
+
+
+def constant_dimensions(stats: Mapping[str, Any]) -> list[int]:
+    """Dimensions whose min equals their max: a feature that never varies in the data."""
+    low = np.asarray(stats["min"], dtype=np.float64).reshape(-1)
+    high = np.asarray(stats["max"], dtype=np.float64).reshape(-1)
+    return [int(d) for d in np.flatnonzero(high - low <= 0)]
+
+
 def stats_to_json(stats: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, dict[str, list]]:
     """Plain lists for ``json.dump`` (LeRobot's serialize_dict)."""
     return {

@@ -126,23 +126,34 @@ def decode_video(
             f"{path}: video file missing; the dataset is incomplete, re-download or rewrite it"
         )
     frames = []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        rate = float(fps or stream.average_rate or stream.guessed_rate)
-        first = round(from_timestamp * rate)
-        last = None if to_timestamp is None else round(to_timestamp * rate)
-        if from_timestamp > 0 and stream.time_base:
-            container.seek(
-                int(from_timestamp / stream.time_base), stream=stream, backward=True, any_frame=False
-            )
-        for frame in container.decode(stream):
-            index = round(float(frame.pts * frame.time_base) * rate) if frame.pts is not None else None
-            if index is None or index < first:
-                continue
-            if last is not None and index >= last:
-                break
-            frames.append(frame.to_ndarray(format="rgb24"))
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DatasetError(f"{path}: holds no video stream; the dataset's video file is damaged")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            rate = float(fps or stream.average_rate or stream.guessed_rate)
+            first = round(from_timestamp * rate)
+            last = None if to_timestamp is None else round(to_timestamp * rate)
+            if from_timestamp > 0 and stream.time_base:
+                container.seek(
+                    int(from_timestamp / stream.time_base), stream=stream, backward=True, any_frame=False
+                )
+            for frame in container.decode(stream):
+                index = round(float(frame.pts * frame.time_base) * rate) if frame.pts is not None else None
+                if index is None or index < first:
+                    continue
+                if last is not None and index >= last:
+                    break
+                frames.append(frame.to_ndarray(format="rgb24"))
+    except (av.FFmpegError, OSError, ValueError, TypeError, ZeroDivisionError) as error:
+        if isinstance(error, DatasetError):
+            raise
+        reason = "the file is empty" if path.stat().st_size == 0 else str(error).splitlines()[0][:160]
+        raise DatasetError(
+            f"{path}: not a readable video ({reason}); the file is truncated or damaged: restore it, or "
+            "rewrite the dataset"
+        ) from None
     if not frames:
         return np.zeros((0, 0, 0, 3), dtype=np.uint8)
     return np.stack(frames)
@@ -158,11 +169,14 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def decode_image(data: bytes) -> np.ndarray:
-    """PNG / JPEG bytes -> (H, W, 3) uint8 (grey and RGBA are converted to RGB)."""
-    from PIL import Image
+    """PNG / JPEG bytes -> (H, W, 3) uint8 (grey and RGBA are converted to RGB); ValueError if undecodable."""
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:  # PIL raises SyntaxError for bad PNGs
+        raise ValueError(f"undecodable image bytes ({error})") from None
 
 
 # ---------------------------------------------------------------------------------------------------- cache
@@ -186,8 +200,11 @@ def decode_key(dataset: Any, key: str, *, cache_dir: str | Path | None = None) -
         cache_path = Path(cache_dir) / f"{key}.npy"
         meta_path = cache_path.with_suffix(".json")
         signature = {"root": str(Path(dataset.root).resolve()), "shape": list(target)}
-        if cache_path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == signature:
-            return np.load(cache_path, mmap_mode="r")
+        if cache_path.is_file() and _cached_signature(meta_path) == signature:
+            try:
+                return np.load(cache_path, mmap_mode="r")
+            except (OSError, ValueError):  # a damaged cache is rebuilt, like a stale one
+                pass
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         out = np.lib.format.open_memmap(cache_path, mode="w+", dtype=np.uint8, shape=target)
     else:
@@ -201,6 +218,13 @@ def decode_key(dataset: Any, key: str, *, cache_dir: str | Path | None = None) -
         cache_path.with_suffix(".json").write_text(json.dumps(signature))
         return np.load(cache_path, mmap_mode="r")
     return out
+
+
+def _cached_signature(meta_path: Path) -> Any:
+    try:
+        return json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _decode_video_key(dataset: Any, key: str, out: np.ndarray) -> None:
@@ -242,18 +266,21 @@ def _decode_video_key(dataset: Any, key: str, out: np.ndarray) -> None:
 
 
 def _decode_image_key(dataset: Any, key: str, out: np.ndarray) -> None:
-    import pyarrow.parquet as pq
+    from mode_policy.data.format import read_parquet
 
     row = 0
     for path in dataset._data_files:
-        column = pq.read_table(path, columns=[key]).column(key)
+        column = read_parquet(path, columns=[key]).column(key)
         for value in column.to_pylist():
             data = value.get("bytes") if isinstance(value, dict) else value
             if data is None and isinstance(value, dict) and value.get("path"):
                 data = (Path(dataset.root) / value["path"]).read_bytes()
             if data is None:
                 raise DatasetError(f"{path}: row {row} of image feature {key!r} holds no bytes and no path")
-            image = decode_image(data)
+            try:
+                image = decode_image(data)
+            except ValueError as error:
+                raise DatasetError(f"{path}: row {row} of image {key!r}: {error}; rewrite it") from None
             if image.shape != out.shape[1:]:
                 raise DatasetError(
                     f"{path}: image {row} of {key!r} is {image.shape}, meta/info.json declares "

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mode_policy.data.lerobot import LeRobotDataset
+from mode_policy.keys import ACTION_IS_PAD_KEY, ACTION_KEY, OBSERVATION_IS_PAD_KEY, STATE_KEY
 
 
 class ActionChunkDataset(Dataset):
@@ -36,8 +37,8 @@ class ActionChunkDataset(Dataset):
         n_obs_steps: int = 1,
         chunk_size: int = 10,
         *,
-        state_key: str | None = "observation.state",
-        action_key: str = "action",
+        state_key: str | None = STATE_KEY,
+        action_key: str = ACTION_KEY,
         image_keys: tuple[str, ...] | list[str] = (),
         image_cache_dir: str | None = None,
     ) -> None:
@@ -98,9 +99,9 @@ class ActionChunkDataset(Dataset):
             item[key] = torch.from_numpy(np.ascontiguousarray(frames[obs_rows].transpose(0, 3, 1, 2)))
         return {
             **item,
-            "observation_is_pad": torch.from_numpy(obs_pad),
-            "action": torch.from_numpy(self.action[action_rows]),
-            "action_is_pad": torch.from_numpy(action_pad),
+            OBSERVATION_IS_PAD_KEY: torch.from_numpy(obs_pad),
+            ACTION_KEY: torch.from_numpy(self.action[action_rows]),
+            ACTION_IS_PAD_KEY: torch.from_numpy(action_pad),
             "task": self.tasks[task_index],
             "task_index": torch.tensor(task_index, dtype=torch.int64),
             "episode_index": torch.tensor(int(self.episode_index[index]), dtype=torch.int64),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -71,10 +72,7 @@ class LeRobotDatasetWriter:
         video_codec: str | None = None,
     ) -> None:
         self.root = Path(root)
-        if self.root.exists() and (not self.root.is_dir() or any(self.root.iterdir())) and not overwrite:
-            raise FileExistsError(
-                f"{self.root} already exists and is not empty; choose a new path or overwrite=True"
-            )
+        _check_replaceable(self.root, overwrite)
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
         user = {}
@@ -135,7 +133,10 @@ class LeRobotDatasetWriter:
         }
         self._max_file_bytes = data_files_size_in_mb * 1024**2
         self.root.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.partial-", dir=self.root.parent))
+        _remove_stale_partials(self.root)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.root.name}{PARTIAL_INFIX}", dir=self.root.parent))
+        # Who writes this folder: a later writer into the same parent removes it once that process is gone.
+        (self._tmp / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
         self._frames: dict[str, list[np.ndarray]] = {name: [] for name in user}
         self._frame_tasks: list[str] = []
         self._columns: dict[str, list[np.ndarray]] = {
@@ -412,6 +413,12 @@ class LeRobotDatasetWriter:
         atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
     def _publish(self) -> None:
+        # Checked again: the folder may have changed while we recorded; refusing now keeps the recording.
+        try:
+            _check_replaceable(self.root, self.overwrite)
+        except FileExistsError as error:
+            raise FileExistsError(f"{error} (this recording is kept in {self._tmp})") from None
+        (self._tmp / OWNER_FILE).unlink(missing_ok=True)
         _apply_umask_permissions(self._tmp)
         trash = None
         if self.root.exists():
@@ -424,6 +431,80 @@ class LeRobotDatasetWriter:
         _fsync_dir(self.root.parent)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
+
+
+PARTIAL_INFIX = ".partial-"
+OWNER_FILE = ".writer-owner.json"
+# What a LeRobot dataset folder holds (the last two when it came from the Hugging Face hub).
+DATASET_ENTRIES = frozenset({"meta", "data", "videos", "images", "README.md", ".gitattributes"})
+
+
+def _check_replaceable(root: Path, overwrite: bool) -> None:
+    """``root`` may be written: absent, an empty folder, or (with ``overwrite``) a LeRobot dataset folder.
+
+    Anything else is refused, whatever ``overwrite`` says: it is not ours to delete.
+    """
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise FileExistsError(f"{root} is an existing file, not a dataset folder; choose a new path")
+    entries = {entry.name for entry in root.iterdir()}
+    if not entries:
+        return
+    foreign = sorted(entries - DATASET_ENTRIES)
+    if foreign or not (root / INFO_PATH).is_file():
+        what = (
+            f"files that are not part of a dataset ({', '.join(foreign[:3])})"
+            if foreign
+            else ("no meta/info.json")
+        )
+        raise FileExistsError(
+            f"{root} already exists and holds {what}, so it is not a LeRobot dataset that could be replaced; "
+            "choose a new path (nothing was deleted)"
+        )
+    if not overwrite:
+        raise FileExistsError(
+            f"{root} already holds a dataset; choose a new path, or replace it with --overwrite "
+            "(overwrite=True in Python)"
+        )
+
+
+def _remove_stale_partials(root: Path) -> None:
+    """Delete the hidden partial folders that earlier writers of ``root`` left when they were killed.
+
+    A folder is removed only when its owner file names a process of this host that no longer runs;
+    any other leftover is reported with its path.
+    """
+    from mode_policy.messages import warn
+
+    host = socket.gethostname()
+    removed, unknown = [], []
+    for folder in root.parent.glob(f".{root.name}{PARTIAL_INFIX}*"):
+        try:
+            owner = json.loads((folder / OWNER_FILE).read_text())
+            pid, owner_host = int(owner["pid"]), owner["host"]
+        except (OSError, ValueError, KeyError, TypeError):
+            unknown.append(folder)
+            continue
+        if owner_host == host and not _process_alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    if removed:
+        warn(f"removed {len(removed)} partial folder(s) left by interrupted writes of {root}: "
+             f"{', '.join(str(f) for f in removed)}")  # fmt: skip
+    if unknown:
+        warn(f"{len(unknown)} hidden partial folder(s) of {root} from an earlier interrupted write remain "
+             f"({', '.join(str(f) for f in unknown)}); delete them once no writer runs")  # fmt: skip
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 _IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])

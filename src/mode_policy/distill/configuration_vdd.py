@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from mode_policy.config_io import JSONConfig, check_positive_int, read_config_json
+from mode_policy.keys import ACTION_KEY, STATE_KEY
 from mode_policy.nn.encoders.language import known_embedding_dim
 from mode_policy.policies.configuration_mode import (
-    ACTION_KEY,
-    STATE_KEY,
     default_normalization,
     validate_language,
     validate_normalization,
@@ -159,4 +158,7 @@ class VDDPolicyConfig(JSONConfig):
                 f'"{POLICY_TYPE}"); load MoDE policies with MoDEPolicy.from_pretrained or '
                 "mode_policy.evaluation.loading.load_policy"
             )
-        return cls.from_dict(values)
+        try:
+            return cls.from_dict(values)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None

@@ -21,9 +21,10 @@ import torch
 from mode_policy.distill.configuration_vdd import VDDPolicyConfig
 from mode_policy.distill.mixture import MixtureParams
 from mode_policy.distill.network import VDDNetwork
+from mode_policy.keys import ACTION_KEY, STATE_KEY
 from mode_policy.nn.encoders.language import LanguageEncoder
-from mode_policy.policies.base import CONFIG_FILE, ChunkingPolicy, finite, instructions
-from mode_policy.policies.configuration_mode import ACTION_KEY, STATE_KEY
+from mode_policy.policies.base import CONFIG_FILE, ChunkingPolicy
+from mode_policy.policies.inputs import instructions
 
 
 class VDDPolicy(ChunkingPolicy):
@@ -60,6 +61,11 @@ class VDDPolicy(ChunkingPolicy):
         return student.to(teacher.device)
 
     # Properties -----------------------------------------------------------------------------------------
+    @property
+    def observation_keys(self) -> list[str]:
+        """The state alone: the student reads what a state-based teacher reads."""
+        return [STATE_KEY]
+
     @property
     def device(self) -> torch.device:
         return self.network.mean_head.weight.device
@@ -99,7 +105,7 @@ class VDDPolicy(ChunkingPolicy):
         policy's device) makes the expert choice (and, for "sample", the draw) reproducible.
         """
         config = self.config
-        state = self._inference_state(obs)
+        state = self._observation(obs, history=True)[STATE_KEY]  # (B, n_obs_steps, state_dim), checked
         tasks = instructions(obs, state.shape[0])
         with self._eval_mode():
             inputs = self.encode_inputs(state, tasks)
@@ -108,20 +114,7 @@ class VDDPolicy(ChunkingPolicy):
         actions = flat.view(state.shape[0], config.chunk_size, config.action_dim)
         if config.clip_sample and config.normalization_mapping[ACTION_KEY] == "min_max":
             actions = actions.clamp(-1.0, 1.0)  # the data lie in [-1, 1] after min_max
-        return self.normalizer.unnormalize(ACTION_KEY, actions)
-
-    def _current_obs(self, obs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """One env step's state (B, state_dim), finite, on the policy's device."""
-        config = self.config
-        if STATE_KEY not in obs:
-            raise KeyError(f"observation has no {STATE_KEY!r}; got keys {sorted(obs)}")
-        state = torch.as_tensor(obs[STATE_KEY])
-        if state.dim() != 2 or state.shape[1] != config.state_dim:
-            raise ValueError(
-                f"select_action takes {STATE_KEY!r} of the current step with shape (B, "
-                f"state_dim={config.state_dim}), got {tuple(state.shape)} (the policy keeps the history)"
-            )
-        return {STATE_KEY: finite(state, STATE_KEY).to(device=self.device, dtype=self.dtype)}
+        return self._checked_actions(self.normalizer.unnormalize(ACTION_KEY, actions))
 
     # Loading --------------------------------------------------------------------------------------------
     @classmethod
@@ -138,19 +131,3 @@ class VDDPolicy(ChunkingPolicy):
         policy = cls(config, stats or None, language_encoder=language_encoder)
         policy._load_weights(directory)
         return policy.to(device).eval()
-
-    # Helpers ---------------------------------------------------------------------------------------------
-    def _inference_state(self, obs: Mapping[str, Any]) -> torch.Tensor:
-        """obs['observation.state'] as (B, n_obs_steps, state_dim), finite, on the policy's device."""
-        config = self.config
-        if STATE_KEY not in obs:
-            raise KeyError(f"observation has no {STATE_KEY!r}; got keys {sorted(obs)}")
-        state = torch.as_tensor(obs[STATE_KEY])
-        if config.n_obs_steps == 1 and state.dim() == 2:
-            state = state.unsqueeze(1)
-        if state.dim() != 3 or tuple(state.shape[1:]) != (config.n_obs_steps, config.state_dim):
-            raise ValueError(
-                f"{STATE_KEY!r} must have shape (B, {config.n_obs_steps}, {config.state_dim}) "
-                f"(n_obs_steps, state_dim), got {tuple(torch.as_tensor(obs[STATE_KEY]).shape)}"
-            )
-        return finite(state, STATE_KEY).to(device=self.device, dtype=self.dtype)

@@ -11,7 +11,6 @@ goal (N, goal_dim)) -> (N, chunk, action_dim)``, so an analytic ideal denoiser w
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from mode_policy.distill.configuration_vdd import INTERFACE_FIELDS, POLICY_TYPE
+from mode_policy.io import CorruptFileError, read_json
 
 Denoiser = Callable[[torch.Tensor, float, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -51,9 +51,9 @@ def load_teacher(teacher: Any, device: str | torch.device = "cpu") -> tuple[Any,
         raise TeacherError(f"teacher {teacher}: {error}") from None
     config_path = policy_dir / "config.json"
     try:
-        values = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
-        raise TeacherError(f"teacher {config_path} is not valid JSON ({error})") from None
+        values = read_json(config_path, fix="restore the teacher's policy folder")
+    except CorruptFileError as error:
+        raise TeacherError(f"teacher: {error}") from None
     kind = values.get("policy_type") if isinstance(values, dict) else None
     if kind == POLICY_TYPE:
         raise TeacherError(_STUDENT_AS_TEACHER.format(where=str(policy_dir)))

@@ -39,11 +39,12 @@ from mode_policy.distill.teacher import (
     teacher_score,
 )
 from mode_policy.distill.warm_start import WARM_START_LR, WARM_START_STEPS, warm_start
-from mode_policy.io import atomic_write, atomic_write_text
-from mode_policy.policies.configuration_mode import ACTION_KEY, STATE_KEY
+from mode_policy.io import atomic_write, atomic_write_text, check_output_dir, read_json
+from mode_policy.keys import ACTION_KEY, STATE_KEY
 from mode_policy.training.schedule import warmup_cosine
 
 GATING_TARGETS = ("data", "teacher")
+RUN_MARKERS = ("distill_config.json", "policy")  # what marks a folder as a distillation run of ours
 DEFAULT_SIGMAS = (0.05, 0.1, 0.2)
 
 
@@ -133,7 +134,9 @@ def distill(
     sigmas = [float(s) for s in score_sigmas]
     if not sigmas or any(not s > 0 for s in sigmas):
         raise ValueError(f"score_sigmas must be positive noise levels, got {list(score_sigmas)}")
-    out = None if out is None else Path(out)
+    out = (
+        None if out is None else check_output_dir(out, option="--out", owned=RUN_MARKERS, what="distill run")
+    )
     if out is not None and (out / "policy" / "config.json").exists() and not overwrite:
         raise FileExistsError(f"{out} already holds a distilled policy; choose a new --out or overwrite=True")
 
@@ -323,7 +326,8 @@ def _run_dataset(run_dir: Path | None) -> str:
             "no dataset given and the teacher is not a training run with a train_config.json; pass the "
             "teacher's training dataset (--dataset DIR / data=...)"
         )
-    dataset = json.loads((run_dir / "train_config.json").read_text()).get("dataset")
+    recorded = read_json(run_dir / "train_config.json", fix="pass the teacher's dataset with --dataset DIR")
+    dataset = recorded.get("dataset") if isinstance(recorded, dict) else None
     if not dataset or not Path(dataset).is_dir():
         raise ValueError(
             f"{run_dir / 'train_config.json'} names the dataset {dataset!r}, which is not a folder here; "

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mode_policy.policies.configuration_mode import ACTION_KEY
+from mode_policy.keys import ACTION_KEY
 
 WARM_START_STD = 0.1  # normalised action units: how far a demonstration may sit from the expert it picks
 WARM_START_STEPS = 20_000  # the default: what benchmarks/distill_mt10.py measured (74 s here)

@@ -1,6 +1,14 @@
-"""Evaluation: seeded rollouts, success rates with intervals, inference timing."""
+"""Evaluation: seeded rollouts, success rates with intervals, inference timing.
 
-from mode_policy.evaluation.rollout import evaluate
-from mode_policy.evaluation.stats import summarize, wilson_interval
+``evaluate`` loads on first use: the environment worker processes import this package and need no torch.
+"""
 
-__all__ = ["evaluate", "summarize", "wilson_interval"]
+from mode_policy.lazy import lazy_exports
+
+_EXPORTS = {
+    "evaluate": "mode_policy.evaluation.rollout",
+    "summarize": "mode_policy.evaluation.stats",
+    "wilson_interval": "mode_policy.evaluation.stats",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(globals(), _EXPORTS)

@@ -12,8 +12,11 @@ from typing import Any
 import torch
 
 from mode_policy.evaluation.loading import load_policy
-from mode_policy.io import atomic_write_text
+from mode_policy.io import atomic_write_text, check_output_dir, read_json
+from mode_policy.keys import STATE_KEY
 from mode_policy.nn.usage import expert_usage, plot_expert_usage
+
+USAGE_FILES = ("expert_usage.json", "expert_usage.png")
 
 
 def inspect_policy(
@@ -39,17 +42,20 @@ def inspect_policy(
             "this policy's denoiser has no routed experts (a dense transformer or the CNN baseline): "
             "there is no expert usage to plot"
         )
-    out = Path(out) if out else (run_dir or policy_dir.parent) / "inspect"
+    out = check_output_dir(
+        Path(out) if out else (run_dir or policy_dir.parent) / "inspect", option="--out", owned=USAGE_FILES,
+        what="expert-usage folder",
+    )  # fmt: skip
     tasks, states = _observations(policy, run_dir, dataset, frames_per_task, seed)
     sigmas = policy.config.sampling_sigmas(dtype=policy.dtype, device=policy.device)
     per_task = {}
     for task, state in zip(tasks, states, strict=True):
-        obs = policy.normalizer.normalize("observation.state", state)  # (frames, n_obs_steps, state_dim)
+        obs = policy.normalizer.normalize(STATE_KEY, state)  # (frames, n_obs_steps, state_dim)
         goal = policy._goal([task] * state.shape[0])
         per_task[task] = expert_usage(denoiser, obs, goal, sigmas, method=policy.config.sampler, seed=seed)
     usage = torch.stack(list(per_task.values())).mean(dim=0)  # (steps, layers, experts)
     routing = denoiser.config.router_input
-    plot_expert_usage(usage, sigmas, out / "expert_usage.png", title=f"expert usage ({routing} routing)")
+    plot_expert_usage(usage, sigmas, out / USAGE_FILES[1], title=f"expert usage ({routing} routing)")
     if denoiser.config.routing_uses_goal:
         for index, (task, task_usage) in enumerate(per_task.items()):
             plot_expert_usage(task_usage, sigmas, out / f"expert_usage_task{index}.png", title=task)
@@ -60,7 +66,7 @@ def inspect_policy(
         "usage": usage.tolist(),
         "per_task": {task: u.tolist() for task, u in per_task.items()},
     }
-    atomic_write_text(out / "expert_usage.json", json.dumps(report) + "\n")
+    atomic_write_text(out / USAGE_FILES[0], json.dumps(report) + "\n")
     report["out"] = str(out)
     return report
 
@@ -71,14 +77,15 @@ def _observations(
     """Task strings and, per task, raw states (frames, n_obs_steps, state_dim)."""
     config = policy.config
     if dataset is None and run_dir is not None and (run_dir / "train_config.json").is_file():
-        recorded = json.loads((run_dir / "train_config.json").read_text()).get("dataset")
-        if recorded and Path(recorded).is_dir():
+        settings = read_json(run_dir / "train_config.json", fix="pass the dataset with --dataset DIR")
+        recorded = settings.get("dataset") if isinstance(settings, dict) else None
+        if isinstance(recorded, str) and Path(recorded).is_dir():
             dataset = recorded
     if dataset is not None:
         from mode_policy.data.lerobot import LeRobotDataset
 
         data = LeRobotDataset(dataset)
-        state = torch.as_tensor(data.column("observation.state"), dtype=policy.dtype)
+        state = torch.as_tensor(data.column(STATE_KEY), dtype=policy.dtype)
         task_index = torch.as_tensor(data.column("task_index"))
         generator = torch.Generator().manual_seed(seed)
         tasks, states = [], []
@@ -96,5 +103,5 @@ def _observations(
             "no dataset to draw observations from and no task list in the policy config; pass "
             "dataset=<LeRobot dataset folder> (CLI: --dataset)"
         )
-    mean = policy.normalizer.unnormalize("observation.state", torch.zeros(1, 1, config.state_dim))
+    mean = policy.normalizer.unnormalize(STATE_KEY, torch.zeros(1, 1, config.state_dim))
     return list(config.tasks), [mean.expand(1, config.n_obs_steps, -1).to(policy.dtype)] * len(config.tasks)

@@ -70,7 +70,7 @@ def policy_class(policy_dir: str | Path) -> type:
     path = Path(policy_dir) / POLICY_CONFIG
     try:
         values = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # unreadable, not UTF-8, not JSON
         return MoDEPolicy  # its from_pretrained reports a missing or malformed config.json precisely
     kind = values.get("policy_type") if isinstance(values, dict) else None
     if kind is None or kind == "mode":

@@ -26,6 +26,7 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 
 HEADER = ("task", "success", "95% CI", "steps")
+RESULT_FILES = ("results.json", "results.md")
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -67,6 +68,7 @@ def format_markdown(results: dict[str, Any]) -> str:
 def write_results(results: dict[str, Any], out_dir: str | Path) -> Path:
     """results.json and results.md in ``out_dir``, each written atomically; returns ``out_dir``."""
     out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
-    atomic_write_text(out_dir / "results.md", format_markdown(results))
+    json_file, markdown_file = RESULT_FILES
+    atomic_write_text(out_dir / json_file, json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out_dir / markdown_file, format_markdown(results))
     return out_dir

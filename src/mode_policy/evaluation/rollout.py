@@ -27,8 +27,10 @@ import torch
 
 from mode_policy.evaluation.env_pool import EnvPool
 from mode_policy.evaluation.loading import load_policy
-from mode_policy.evaluation.report import format_table, write_results
+from mode_policy.evaluation.report import RESULT_FILES, format_table, write_results
 from mode_policy.evaluation.stats import summarize
+from mode_policy.io import check_output_dir
+from mode_policy.keys import STATE_KEY
 
 
 def osmesa_available() -> bool:
@@ -65,11 +67,26 @@ def evaluate(
     """
     from mode_policy.envs.metaworld import MAX_EPISODE_STEPS, episode_seed, instruction, suite_tasks
 
-    if episodes_per_task < 1:
-        raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
+    for name, value in (
+        ("episodes_per_task", episodes_per_task),
+        ("num_workers", num_workers),
+        ("max_concurrent", max_concurrent),
+        ("max_episode_steps", max_episode_steps or 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")  # fmt: skip
     horizon = MAX_EPISODE_STEPS if max_episode_steps is None else min(max_episode_steps, MAX_EPISODE_STEPS)
     names = suite_tasks(suite, tasks)
+    if out_dir is not None:
+        check_output_dir(out_dir, option="--out", owned=RESULT_FILES, what="results folder")
+    if video_dir is not None:
+        check_output_dir(video_dir, option="--video-dir", owned=None, what="video folder")
     policy, policy_dir, run_dir = load_policy(policy_or_dir, device)
+    if out_dir is None and run_dir is not None:
+        out_dir = check_output_dir(
+            run_dir / "eval" / f"{suite.lower()}-seed{seed}", option="--out", owned=RESULT_FILES,
+            what="results folder",
+        )  # fmt: skip
     if video_dir is not None and not osmesa_available():
         print(
             "videos skipped: MuJoCo needs OSMesa to render without a display, and libOSMesa was not found "
@@ -154,8 +171,6 @@ def evaluate(
         episodes=episodes,
         max_episode_steps=horizon,
     )
-    if out_dir is None and run_dir is not None:
-        out_dir = run_dir / "eval" / f"{suite.lower()}-seed{seed}"
     if out_dir is not None:
         results["results_dir"] = str(write_results(results, out_dir))
     if progress:
@@ -263,11 +278,11 @@ def _stack_history(histories: list[Any]) -> dict[str, torch.Tensor]:
     first = histories[0][0]
     if not isinstance(first, dict):
         states = np.stack([np.stack(list(h)) for h in histories])  # (B, n_obs_steps, state_dim)
-        return {"observation.state": torch.from_numpy(states).float()}
+        return {STATE_KEY: torch.from_numpy(states).float()}
     batch = {}
     for key in first:
         values = np.stack([np.stack([o[key] for o in h]) for h in histories])
-        if key == "observation.state":
+        if key == STATE_KEY:
             batch[key] = torch.from_numpy(values).float()
         else:
             batch[key] = torch.from_numpy(np.ascontiguousarray(values.transpose(0, 1, 4, 2, 3)))

@@ -23,6 +23,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from mode_policy.keys import STATE_KEY, image_key
+
 Job = tuple[int, str, int, int, bool]
 
 
@@ -62,7 +64,7 @@ def _serve(
         if renderer is None:
             return state
         images = renderer.render(env)
-        return {"observation.state": state, **{f"observation.images.{c}": images[c] for c in cameras}}
+        return {STATE_KEY: state, **{image_key(c): images[c] for c in cameras}}
 
     pool: dict[str, list[Any]] = {}  # task -> idle envs without rendering
     running: dict[int, tuple[str, int, Any, bool]] = {}  # job -> (task, episode, env, recording)

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from mode_policy.diffusion.preconditioning import EDMPreconditioning, expand_like
 from mode_policy.diffusion.samplers import sample
-from mode_policy.io import atomic_write
+from mode_policy.io import atomic_write, load_safetensors
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -189,7 +189,7 @@ class EDMDenoiser(nn.Module):
                 f"no {WEIGHTS_FILE} in {directory}; point at a directory written by save_pretrained"
             )
         model = cls(cls.config_class.load(directory / CONFIG_FILE))
-        state = load_file(str(weights), device=str(device))
+        state = load_safetensors(weights, fix="restore it, or save the denoiser again", device=str(device))
         expected = model.state_dict()
         hint = "was config.json edited after saving?"
         wrong_shape = [n for n, t in state.items() if n in expected and t.shape != expected[n].shape]

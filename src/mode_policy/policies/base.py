@@ -1,9 +1,9 @@
 """What every policy shares: the receding-horizon action queue, eval-mode sampling, the saved layout, the
-language encoder and normaliser set-up, and the checks of its inputs (``finite``, ``instructions``).
+language encoder and normaliser set-up, and the checks of its observations (``mode_policy.policies.inputs``).
 
-A subclass sets ``config`` (with ``n_obs_steps`` and ``n_action_steps``), calls ``_language_encoder``,
-``_init_normalization`` and ``_init_queues`` in its ``__init__``, and provides
-``predict_action_chunk(obs, generator=...)`` and ``_current_obs(obs) -> {key: (B, ...)}`` for one env step.
+A subclass sets ``config`` (with ``n_obs_steps``, ``n_action_steps``, ``state_dim``), says which features it
+reads (``observation_keys``), calls ``_language_encoder``, ``_init_normalization`` and ``_init_queues`` in
+its ``__init__``, and provides ``predict_action_chunk(obs, generator=...)``.
 Saved policies are a directory of config.json (written last: a directory with one is complete),
 model.safetensors and stats.json.
 """
@@ -13,23 +13,31 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from mode_policy.io import atomic_write, atomic_write_text, state_dict_mismatch
+from mode_policy.io import (
+    CorruptFileError,
+    atomic_write,
+    atomic_write_text,
+    load_safetensors,
+    read_json,
+    state_dict_mismatch,
+)
+from mode_policy.keys import STATE_KEY, TASK_KEY
 from mode_policy.nn.encoders.language import LanguageEncoder, make_language_encoder
+from mode_policy.policies.inputs import image_input, state_input
 from mode_policy.policies.normalizer import Normalizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 STATS_FILE = "stats.json"
-TASK_KEY = "task"
 
 
 class ChunkingPolicy(nn.Module):
@@ -70,8 +78,36 @@ class ChunkingPolicy(nn.Module):
         self._obs_queue: collections.deque[dict[str, torch.Tensor]] = collections.deque(maxlen=n_obs_steps)
         self._action_queue: collections.deque[torch.Tensor] = collections.deque()
 
-    def _current_obs(self, obs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    @property
+    def observation_keys(self) -> list[str]:
+        """The observation features this policy reads (``observation.state``, camera keys)."""
         raise NotImplementedError
+
+    def _observation(self, obs: Mapping[str, Any], *, history: bool) -> dict[str, torch.Tensor]:
+        """Each feature of ``observation_keys``, checked, on the policy's device: with ``history`` the
+        n_obs_steps of ``predict_action_chunk`` ((B, T, ...)), else one env step ((B, ...))."""
+        config = self.config
+        values = {}
+        for key in self.observation_keys:
+            if key == STATE_KEY:
+                value = state_input(obs, config.n_obs_steps, config.state_dim, history=history)
+                values[key] = value.to(device=self.device, dtype=self.dtype)
+            else:
+                value = image_input(obs, key, config.n_obs_steps, config.image_hw, history=history)
+                values[key] = value.to(self.device)
+        sizes = {key: value.shape[0] for key, value in values.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"the observation's features disagree on the batch size: {sizes}")
+        return values
+
+    def _checked_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """The chunk the policy returns; NaN or inf (inputs far outside the training data) is refused."""
+        if not bool(torch.isfinite(actions).all()):
+            raise ValueError(
+                "the policy produced NaN or inf actions for this observation; check that the inputs lie in "
+                "the range of the training data (units, scaling)"
+            )
+        return actions
 
     @torch.no_grad()
     def select_action(
@@ -86,7 +122,7 @@ class ChunkingPolicy(nn.Module):
         episode start.
         """
         config = self.config
-        current = self._current_obs(obs)  # {key: (B, ...)}
+        current = self._observation(obs, history=False)  # {key: (B, ...)}
         size = next(iter(current.values())).shape[0]
         if self._obs_queue:
             previous = next(iter(self._obs_queue[-1].values())).shape[0]
@@ -150,16 +186,18 @@ class ChunkingPolicy(nn.Module):
                     f"{directory} has no {name}; a saved {cls.__name__} holds {CONFIG_FILE}, {WEIGHTS_FILE} "
                     f"and {STATS_FILE} (written by {cls.__name__}.save_pretrained)"
                 )
-        try:
-            stats = json.loads((directory / STATS_FILE).read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{directory / STATS_FILE} is not valid JSON ({error})") from None
+        stats = read_json(directory / STATS_FILE, fix=_RESAVE.format(name=cls.__name__))
+        if not isinstance(stats, dict) or not all(isinstance(v, dict) for v in stats.values()):
+            raise CorruptFileError(
+                f"{directory / STATS_FILE} must map each feature to its stats; "
+                + _RESAVE.format(name=cls.__name__)
+            )
         return directory, stats
 
     def _load_weights(self, directory: Path) -> None:
         """Load model.safetensors, refusing missing, unexpected or resized tensors by name."""
         weights_path, config_path = directory / WEIGHTS_FILE, directory / CONFIG_FILE
-        weights = load_file(str(weights_path))
+        weights = load_safetensors(weights_path, fix=_RESAVE.format(name=type(self).__name__))
         mismatch = state_dict_mismatch(self.state_dict(), weights)
         if mismatch:
             raise ValueError(
@@ -169,23 +207,4 @@ class ChunkingPolicy(nn.Module):
         self.load_state_dict(weights)
 
 
-def finite(tensor: torch.Tensor, key: str) -> torch.Tensor:
-    """``tensor`` as floating point; a clear error naming ``key`` if it holds NaN or inf."""
-    if not tensor.is_floating_point():
-        tensor = tensor.float()
-    if not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{key!r} contains NaN or inf values (shape {tuple(tensor.shape)})")
-    return tensor
-
-
-def instructions(batch: Mapping[str, Any], batch_size: int) -> list[str]:
-    """batch['task'] as a list of B strings (a single string is repeated)."""
-    tasks = batch.get(TASK_KEY)
-    if tasks is None:
-        raise KeyError(f"batch has no {TASK_KEY!r}: a list of {batch_size} instruction strings")
-    if isinstance(tasks, str):
-        return [tasks] * batch_size
-    if not isinstance(tasks, Sequence) or len(tasks) != batch_size:
-        got = len(tasks) if isinstance(tasks, Sequence) else type(tasks).__name__
-        raise ValueError(f"{TASK_KEY!r} must be a list of {batch_size} instruction strings, got {got}")
-    return list(tasks)
+_RESAVE = "the policy folder is damaged: restore it, or save the policy again ({name}.save_pretrained)"

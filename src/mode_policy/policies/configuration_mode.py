@@ -16,20 +16,23 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mode_policy.config_io import JSONConfig, check_known_keys, check_positive_int, read_config_json
+from mode_policy.config_io import (
+    JSONConfig,
+    check_field_types,
+    check_known_keys,
+    check_positive_int,
+    read_config_json,
+)
 from mode_policy.diffusion.noise_distributions import make_sigma_distribution
 from mode_policy.diffusion.samplers import SAMPLERS
 from mode_policy.diffusion.schedules import make_schedule
+from mode_policy.keys import ACTION_KEY, IMAGE_KEY_PREFIX, STATE_KEY
 from mode_policy.nn.cnn.config import CNNDenoiserConfig
 from mode_policy.nn.config import MoDEConfig
 from mode_policy.nn.encoders.language import LANGUAGE_ENCODERS, known_embedding_dim
 from mode_policy.nn.encoders.resnet import ARCHITECTURES, NORMS
-from mode_policy.nn.encoders.vision import POOLS
+from mode_policy.nn.encoders.vision import MIN_FEATURE_MAP, POOLS, feature_map_size, smallest_image_size
 from mode_policy.policies.normalizer import NORMALIZATION_MODES
-
-STATE_KEY = "observation.state"
-ACTION_KEY = "action"
-IMAGE_KEY_PREFIX = "observation.images."
 
 
 def default_denoiser() -> MoDEConfig:
@@ -189,6 +192,15 @@ class MoDEPolicyConfig(JSONConfig):
         ):
             if value not in choices:
                 raise ValueError(f"MoDEPolicyConfig.{name} must be one of {choices}, got {value!r}")
+        cells = feature_map_size(min(self.image_hw))
+        if keys and cells < MIN_FEATURE_MAP[self.vision_pool]:
+            raise ValueError(
+                f"MoDEPolicyConfig.image_size {size!r} is too small for the image encoder: the ResNet's "
+                f"last feature map would be {cells}x{cells}, on which {self.vision_pool} pooling cannot tell "
+                f"images apart; use images of at least {smallest_image_size(self.vision_pool)} px (collect "
+                "with a larger --image-size)"
+                + (", or vision_pool=avg" if self.vision_pool == "spatial_softmax" else "")
+            )
         for name in ("vision_feature_dim", "vision_num_keypoints"):
             check_positive_int("MoDEPolicyConfig", name, getattr(self, name))
         for name in ("vision_shared", "vision_film"):
@@ -256,6 +268,7 @@ class MoDEPolicyConfig(JSONConfig):
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MoDEPolicyConfig:
         check_known_keys(cls, values)
+        check_field_types(cls, values)
         values = dict(values)
         if isinstance(values.get("denoiser"), dict):
             values["denoiser"] = _denoiser_from_dict(values["denoiser"])
@@ -263,7 +276,11 @@ class MoDEPolicyConfig(JSONConfig):
 
     @classmethod
     def load(cls, path: str | Path) -> MoDEPolicyConfig:
-        return cls.from_dict(read_config_json(path, "MoDEPolicy", "save_pretrained()"))
+        values = read_config_json(path, "MoDEPolicy", "save_pretrained()")
+        try:
+            return cls.from_dict(values)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
 
 
 def _denoiser_from_dict(values: dict[str, Any]) -> MoDEConfig | CNNDenoiserConfig:

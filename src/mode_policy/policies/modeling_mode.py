@@ -25,19 +25,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from mode_policy.keys import ACTION_IS_PAD_KEY, ACTION_KEY, STATE_KEY
 from mode_policy.nn.cnn import CNNDenoiser, CNNDenoiserConfig
 from mode_policy.nn.denoiser import MoDEDenoiser
 from mode_policy.nn.encoders.language import LanguageEncoder
 from mode_policy.nn.encoders.vision import VisionEncoder, random_shift
-from mode_policy.policies.base import (
-    CONFIG_FILE,
-    STATS_FILE,
-    WEIGHTS_FILE,
-    ChunkingPolicy,
-    finite,
-    instructions,
-)
-from mode_policy.policies.configuration_mode import ACTION_KEY, STATE_KEY, MoDEPolicyConfig
+from mode_policy.policies.base import CONFIG_FILE, STATS_FILE, WEIGHTS_FILE, ChunkingPolicy
+from mode_policy.policies.configuration_mode import MoDEPolicyConfig
+from mode_policy.policies.inputs import image_input, instructions
 
 
 class MoDEPolicy(ChunkingPolicy):
@@ -95,6 +90,11 @@ class MoDEPolicy(ChunkingPolicy):
 
     # Properties -----------------------------------------------------------------------------------------
     @property
+    def observation_keys(self) -> list[str]:
+        """The state (when ``use_state``) and the cameras of ``image_keys``."""
+        return ([STATE_KEY] if self.config.use_state else []) + list(self.config.image_keys)
+
+    @property
     def device(self) -> torch.device:
         return self.denoiser.network.head.weight.device
 
@@ -135,8 +135,8 @@ class MoDEPolicy(ChunkingPolicy):
         images = self._images(batch, batch_size, augment=self.training, generator=generator)
         tasks = instructions(batch, batch_size)
         mask = None
-        if batch.get("action_is_pad") is not None:
-            is_pad = torch.as_tensor(batch["action_is_pad"], device=self.device)
+        if batch.get(ACTION_IS_PAD_KEY) is not None:
+            is_pad = torch.as_tensor(batch[ACTION_IS_PAD_KEY], device=self.device)
             if tuple(is_pad.shape) != (batch_size, config.chunk_size):
                 raise ValueError(
                     f"batch['action_is_pad'] must have shape (B={batch_size}, "
@@ -172,10 +172,10 @@ class MoDEPolicy(ChunkingPolicy):
         ``config.use_expert_cache``. ``generator`` (on the policy's device) makes the draw reproducible.
         """
         config = self.config
-        state = self._inference_state(obs) if config.use_state else None  # (B, n_obs_steps, state_dim)
-        images = self._inference_images(obs, None if state is None else state.shape[0])
-        batch_size = state.shape[0] if state is not None else next(iter(images.values())).shape[0]
-        tasks = instructions(obs, batch_size)
+        inputs = self._observation(obs, history=True)  # {key: (B, n_obs_steps, ...)}, checked
+        state = inputs.get(STATE_KEY)  # (B, n_obs_steps, state_dim) or None (image-only)
+        images = {key: inputs[key] for key in config.image_keys}  # (B, n_obs_steps, 3, H, W)
+        tasks = instructions(obs, next(iter(inputs.values())).shape[0])
         with self._eval_mode():
             sigmas = config.sampling_sigmas(dtype=self.dtype, device=self.device)
             goal = self._goal(tasks)
@@ -190,7 +190,7 @@ class MoDEPolicy(ChunkingPolicy):
         if config.clip_sample and config.normalization_mapping[ACTION_KEY] == "min_max":
             # The data lie in [-1, 1] after min_max; a sample outside is extrapolation past every demo.
             actions = actions.clamp(-1.0, 1.0)
-        return self.normalizer.unnormalize(ACTION_KEY, actions)
+        return self._checked_actions(self.normalizer.unnormalize(ACTION_KEY, actions))
 
     # Loading ------------------------------------------------------------------------------------------
     @classmethod
@@ -257,65 +257,15 @@ class MoDEPolicy(ChunkingPolicy):
         config = self.config
         images = {}
         for key in config.image_keys:
-            if key not in batch:
-                raise KeyError(
-                    f"batch has no camera {key!r} (config.image_keys); expected (B, n_obs_steps, 3, H, W), "
-                    f"got keys {sorted(batch)}"
-                )
-            value = torch.as_tensor(batch[key])
-            if value.dim() != 5 or value.shape[0] != batch_size or value.shape[1] != config.n_obs_steps:
-                raise ValueError(
-                    f"{key!r} must have shape (B={batch_size}, n_obs_steps={config.n_obs_steps}, 3, H, W), "
-                    f"got {tuple(value.shape)}"
-                )
-            value = _channels_first(value).to(self.device)
+            value = image_input(batch, key, config.n_obs_steps, config.image_hw, history=True)
+            if value.shape[0] != batch_size:
+                raise ValueError(f"{key!r} has batch size {value.shape[0]}, the actions have {batch_size}")
+            value = value.to(self.device)
             if augment and config.image_shift > 0:
                 flat = random_shift(value.flatten(0, 1), config.image_shift, generator=generator)
                 value = flat.reshape(value.shape)
             images[key] = value
         return images
-
-    def _inference_images(self, obs: Mapping[str, Any], batch_size: int | None) -> dict[str, torch.Tensor]:
-        """obs cameras as (B, n_obs_steps, 3, H, W) ((B, 3, H, W) accepted when n_obs_steps == 1)."""
-        config = self.config
-        images = {}
-        for key in config.image_keys:
-            if key not in obs:
-                raise KeyError(
-                    f"observation has no camera {key!r} (config.image_keys); got keys {sorted(obs)}"
-                )
-            value = torch.as_tensor(obs[key])
-            if config.n_obs_steps == 1 and value.dim() == 4:
-                value = value.unsqueeze(1)
-            if value.dim() != 5 or value.shape[1] != config.n_obs_steps:
-                raise ValueError(
-                    f"{key!r} must have shape (B, n_obs_steps={config.n_obs_steps}, 3, H, W), got "
-                    f"{tuple(value.shape)}"
-                )
-            if batch_size is not None and value.shape[0] != batch_size:
-                raise ValueError(f"{key!r} has batch size {value.shape[0]}, the state has {batch_size}")
-            batch_size = value.shape[0]
-            images[key] = _channels_first(value).to(self.device)
-        return images
-
-    def _current_obs(self, obs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """One env step's observation: the state (B, state_dim) and each camera (B, 3, H, W)."""
-        current = {}
-        if self.config.use_state:
-            current[STATE_KEY] = self._current_state(obs)
-        for key in self.config.image_keys:
-            if key not in obs:
-                raise KeyError(
-                    f"observation has no camera {key!r} (config.image_keys); got keys {sorted(obs)}"
-                )
-            value = torch.as_tensor(obs[key])
-            if value.dim() != 4:
-                raise ValueError(
-                    f"select_action takes {key!r} of the current step with shape (B, 3, H, W), got "
-                    f"{tuple(value.shape)} (the policy keeps the history)"
-                )
-            current[key] = _channels_first(value).to(self.device)
-        return current
 
     def _goal(self, tasks: list[str]) -> torch.Tensor:
         """(B,) instructions -> (B, goal_dim) embeddings on the policy's device."""
@@ -346,41 +296,3 @@ class MoDEPolicy(ChunkingPolicy):
                 "MoDEPolicyConfig (state_dim, action_dim, n_obs_steps, chunk_size) against the data"
             )
         return value.to(device=self.device, dtype=self.dtype)
-
-    def _inference_state(self, obs: Mapping[str, Any]) -> torch.Tensor:
-        """obs['observation.state'] as (B, n_obs_steps, state_dim), finite."""
-        config = self.config
-        if STATE_KEY not in obs:
-            raise KeyError(f"observation has no {STATE_KEY!r}; got keys {sorted(obs)}")
-        state = torch.as_tensor(obs[STATE_KEY])
-        if config.n_obs_steps == 1 and state.dim() == 2:
-            state = state.unsqueeze(1)
-        expected = (config.n_obs_steps, config.state_dim)
-        if state.dim() != 3 or tuple(state.shape[1:]) != expected:
-            accepted = f"(B, {config.n_obs_steps}, {config.state_dim})"
-            if config.n_obs_steps == 1:
-                accepted += f" or (B, {config.state_dim})"
-            raise ValueError(
-                f"{STATE_KEY!r} must have shape {accepted} (n_obs_steps, state_dim), got "
-                f"{tuple(torch.as_tensor(obs[STATE_KEY]).shape)}"
-            )
-        return finite(state, STATE_KEY).to(device=self.device, dtype=self.dtype)
-
-    def _current_state(self, obs: Mapping[str, Any]) -> torch.Tensor:
-        """obs['observation.state'] of one env step as (B, state_dim), finite."""
-        if STATE_KEY not in obs:
-            raise KeyError(f"observation has no {STATE_KEY!r}; got keys {sorted(obs)}")
-        state = torch.as_tensor(obs[STATE_KEY])
-        if state.dim() != 2 or state.shape[1] != self.config.state_dim:
-            raise ValueError(
-                f"select_action takes {STATE_KEY!r} of the current step with shape (B, "
-                f"state_dim={self.config.state_dim}), got {tuple(state.shape)} (the policy keeps the history)"
-            )
-        return finite(state, STATE_KEY).to(device=self.device, dtype=self.dtype)
-
-
-def _channels_first(images: torch.Tensor) -> torch.Tensor:
-    """(..., H, W, 3) -> (..., 3, H, W) when the channels are clearly last (as renderers give them)."""
-    if images.shape[-1] == 3 and images.shape[-3] != 3:
-        return images.movedim(-1, -3)
-    return images

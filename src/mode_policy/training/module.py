@@ -8,19 +8,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
 
+from mode_policy.keys import ACTION_KEY
 from mode_policy.training.rng import capture_rng_state, restore_rng_state
 from mode_policy.training.schedule import warmup_cosine
 
 RNG_KEY = "mode_policy_rng_states"
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(FloatingPointError):
     """The loss or the gradient became NaN or infinite; the run stopped before the bad update."""
 
 
@@ -41,7 +43,8 @@ class PolicyModule(L.LightningModule):
 
     seed: fresh runs reseed every rank with (seed, rank) at the start of training, so ranks draw different
     noise; resumed runs restore each rank's saved generator state instead.
-    checkpoint_hint: path named in the divergence message (the last good checkpoint).
+    checkpoint_hint: where the run's checkpoint is written; the divergence message names it when it exists
+    (the last good checkpoint) and says to start anew when it does not.
     check_grad_finite: stop on a non-finite gradient norm too (off for fp16, where the grad scaler skips
     such steps on purpose).
     """
@@ -71,7 +74,7 @@ class PolicyModule(L.LightningModule):
         # Every rank takes the same decision, so no rank waits forever in a collective another rank left.
         if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
             self._diverged(f"loss is {loss.item()}")
-        batch_size = len(batch["action"]) if "action" in batch else None
+        batch_size = len(batch[ACTION_KEY]) if ACTION_KEY in batch else None
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
         for name, value in (logs or {}).items():
@@ -102,11 +105,20 @@ class PolicyModule(L.LightningModule):
             self._diverged(f"gradient norm is {norm.item()}")
 
     def _diverged(self, what: str) -> None:
-        where = f"; the last good checkpoint is {self.checkpoint_hint}" if self.checkpoint_hint else ""
+        lower = f"{self.optim.lr / 10:g}"
+        if self.checkpoint_hint and Path(self.checkpoint_hint).is_file():
+            recover = (
+                f"the last good checkpoint is {self.checkpoint_hint}: continue from it with a lower learning "
+                f"rate (--resume --lr {lower}; in Python resume=True, lr={lower})"
+            )
+        else:
+            recover = (
+                "no checkpoint was written before it, so there is nothing to resume: start the run again "
+                f"with a lower learning rate (--lr {lower}; in Python lr={lower})"
+            )
         raise TrainingDivergedError(
-            f"training diverged at step {self.trainer.global_step + 1}: {what}. Stopped before applying the "
-            f"update{where}. Fixes: lower the learning rate (--lr), train in float32 (--precision 32-true), "
-            "check the dataset stats for NaN or huge values; then continue with --resume."
+            f"training diverged at step {self.trainer.global_step + 1}: {what}; stopped before applying the "
+            f"update; {recover}, or train in float32 (--precision 32-true)"
         )
 
     # Optimizer ---------------------------------------------------------------------------------------
@@ -132,6 +144,7 @@ class PolicyModule(L.LightningModule):
 
     # RNG state ---------------------------------------------------------------------------------------
     def on_train_start(self) -> None:
+        self._apply_learning_rate()
         if self._pending_rng is not None:
             states, self._pending_rng = self._pending_rng, None
             rank, world = self.trainer.global_rank, self.trainer.world_size
@@ -143,6 +156,18 @@ class PolicyModule(L.LightningModule):
             restore_rng_state(states[rank])
         else:
             L.seed_everything(self.seed * 1000 + self.trainer.global_rank, verbose=False)
+
+    def _apply_learning_rate(self) -> None:
+        """A resumed run may be given a new peak learning rate (the fix for a diverged run); the scheduler
+        restored from the checkpoint still holds the old one, so it is replaced here."""
+        for scheduler_config in self.trainer.lr_scheduler_configs:
+            scheduler = scheduler_config.scheduler
+            if all(base == self.optim.lr for base in scheduler.base_lrs):
+                continue
+            scheduler.base_lrs = [self.optim.lr] * len(scheduler.base_lrs)
+            for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+                group["initial_lr"] = self.optim.lr
+                group["lr"] = self.optim.lr * factor(scheduler.last_epoch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = capture_rng_state()

@@ -11,9 +11,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from typing import Any
 
+from mode_policy.keys import ACTION_KEY, STATE_KEY
 from mode_policy.nn.cnn.config import CNNDenoiserConfig
 from mode_policy.nn.config import INTERFACE_FIELDS, MoDEConfig
-from mode_policy.policies.configuration_mode import ACTION_KEY, STATE_KEY, MoDEPolicyConfig
+from mode_policy.policies.configuration_mode import MoDEPolicyConfig
 
 # Derived from the dataset (and, for the denoiser, from the policy fields): overriding them would only
 # produce a policy that cannot read the data.

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from mode_policy.io import check_output_dir
+
 # Fractions of the total budget (the rest trains); collection and evaluation scale with these counts.
 COLLECT_EPISODES_PER_TASK = 40
 EVAL_EPISODES_PER_TASK = 10
@@ -55,7 +57,7 @@ def quickstart(
     if minutes < 2:
         raise ValueError(f"quickstart needs at least 2 minutes (collect, train, evaluate), got {minutes}")
     started = time.perf_counter()
-    out = Path(out)
+    out = check_output_dir(out, option="--out", owned=("data", "run", "quickstart.json"), what="quickstart")
     data_dir, run_dir = out / "data", out / "run"
     if (run_dir / "checkpoints" / "last.ckpt").exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass another --out or delete it")

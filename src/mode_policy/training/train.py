@@ -15,7 +15,9 @@ Run directory::
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -26,7 +28,10 @@ import torch
 from lightning.pytorch.callbacks import Callback, Timer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from mode_policy.io import atomic_write_text
+from mode_policy.data.stats import constant_dimensions
+from mode_policy.io import CorruptFileError, atomic_write_text, check_output_dir, load_checkpoint, read_json
+from mode_policy.keys import ACTION_KEY, STATE_KEY
+from mode_policy.messages import warn
 from mode_policy.training.callbacks import (
     EMA,
     AtomicCheckpoint,
@@ -39,6 +44,8 @@ from mode_policy.training.module import OptimConfig, PolicyModule
 from mode_policy.training.policy_factory import parse_overrides, policy_config_for
 
 CONFIG_FILE = "train_config.json"
+# What marks a folder as a training run of ours (one that --out may point into again).
+RUN_MARKERS = (CONFIG_FILE, "checkpoints")
 
 
 @dataclass
@@ -136,13 +143,19 @@ def train(
     from mode_policy.policies.configuration_mode import MoDEPolicyConfig
     from mode_policy.policies.modeling_mode import MoDEPolicy
 
-    run = Path(out_dir)
+    run = check_output_dir(out_dir, option="--out", owned=RUN_MARKERS, what="training run")
     checkpoint = run / "checkpoints" / "last.ckpt"
     given = {
         "steps": steps, "batch_size": batch_size, "seed": seed, "lr": lr, "weight_decay": weight_decay,
         "warmup_steps": warmup_steps, "min_lr_ratio": min_lr_ratio, "grad_clip": grad_clip,
         "ema_decay": ema_decay, "checkpoint_every": checkpoint_every, "log_every": log_every,
     }  # fmt: skip
+    _check_settings({k: v for k, v in given.items() if v is not None})
+    if not resume and checkpoint.exists():
+        raise FileExistsError(
+            f"{run} already holds a training run ({checkpoint}); continue it with --resume, or choose a "
+            "new --out directory"
+        )
     dataset = LeRobotDataset(dataset_dir)
     overrides = parse_overrides(policy_overrides)
     common = {
@@ -152,11 +165,6 @@ def train(
     if resume:
         settings = _settings_for_resume(run, checkpoint, dataset, given, overrides, common)
     else:
-        if checkpoint.exists():
-            raise FileExistsError(
-                f"{run} already holds a training run ({checkpoint}); continue it with --resume, or choose a "
-                "new --out directory"
-            )
         values = {k: DEFAULTS[k] if v is None else v for k, v in given.items()}
         if values["warmup_steps"] is None:
             values["warmup_steps"] = min(500, values["steps"] // 10)
@@ -166,10 +174,8 @@ def train(
             **values,
             **common,
         )
-    _check_positive(
-        steps=settings.steps, batch_size=settings.batch_size, checkpoint_every=settings.checkpoint_every,
-        log_every=settings.log_every,
-    )  # fmt: skip
+    _check_settings(asdict(settings))
+    _warn_constant_actions(dataset)
     run.mkdir(parents=True, exist_ok=True)
     if _is_global_zero_launch():
         atomic_write_text(run / CONFIG_FILE, json.dumps(asdict(settings), indent=2) + "\n")
@@ -181,7 +187,7 @@ def train(
         dataset,
         n_obs_steps=config.n_obs_steps,
         chunk_size=config.chunk_size,
-        state_key="observation.state" if config.use_state else None,
+        state_key=STATE_KEY if config.use_state else None,
         image_keys=config.image_keys,
     )
     module = PolicyModule(
@@ -240,15 +246,16 @@ def _settings_for_resume(
     overrides: dict[str, Any],
     common: dict[str, Any],
 ) -> TrainSettings:
-    """The saved settings; given ones must agree (``steps`` may grow), launch settings are taken as given."""
+    """The saved settings; given ones must agree (``steps`` may grow, ``lr`` may change: the way out of a
+    diverged run), launch settings are taken as given."""
     path = run / CONFIG_FILE
     if not checkpoint.is_file() or not path.is_file():
         missing = checkpoint if not checkpoint.is_file() else path
         raise FileNotFoundError(
             f"cannot resume {run}: {missing} does not exist; start a new run without --resume"
         )
-    saved = TrainSettings(**json.loads(path.read_text()))
-    adjustable = ("steps", "checkpoint_every", "log_every")
+    saved = _read_settings(path)
+    adjustable = ("steps", "checkpoint_every", "log_every", "lr")
     conflicts = [
         f"{name}: run has {getattr(saved, name)!r}, asked {value!r}"
         for name, value in given.items()
@@ -267,7 +274,8 @@ def _settings_for_resume(
     for name in adjustable:
         if given[name] is not None:
             setattr(saved, name, given[name])
-    resumed_step = torch.load(checkpoint, map_location="cpu", weights_only=True).get("global_step", 0)
+    fix = "resume from an earlier copy of it, or start a new run in a new --out folder"
+    resumed_step = load_checkpoint(checkpoint, fix=fix).get("global_step", 0)
     if resumed_step >= saved.steps:
         raise ValueError(
             f"{run} is already at step {resumed_step} of {saved.steps}; pass a larger --steps to train "
@@ -278,10 +286,57 @@ def _settings_for_resume(
     return saved
 
 
-def _check_positive(**values: int) -> None:
+def _read_settings(path: Path) -> TrainSettings:
+    fix = "restore it, or start a new run in a new --out folder"
+    values = read_json(path, fix=fix)
+    try:
+        return TrainSettings(**values)
+    except TypeError:
+        raise CorruptFileError(f"{path} does not hold the settings of a training run; {fix}") from None
+
+
+# Settings a caller may pass, the check each must pass, and what that check says.
+_SETTING_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "steps": (lambda v: _is_int(v) and v >= 1, "a positive integer (--steps)"),
+    "batch_size": (lambda v: _is_int(v) and v >= 1, "a positive integer (--batch-size)"),
+    "checkpoint_every": (lambda v: _is_int(v) and v >= 1, "a positive integer (--checkpoint-every)"),
+    "log_every": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "warmup_steps": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "seed": (lambda v: _is_int(v), "an integer (--seed)"),
+    "lr": (lambda v: _is_number(v) and 0 < v < math.inf, "a positive learning rate (--lr)"),
+    "weight_decay": (lambda v: _is_number(v) and 0 <= v < math.inf, "a number >= 0"),
+    "grad_clip": (lambda v: _is_number(v) and 0 <= v < math.inf, "a number >= 0 (0: no clipping)"),
+    "min_lr_ratio": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "ema_decay": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "max_minutes": (lambda v: v is None or (_is_number(v) and v > 0), "a positive number (--max-minutes)"),
+}
+
+
+def _check_settings(values: dict[str, Any]) -> None:
     for name, value in values.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check = _SETTING_CHECKS.get(name)
+        if check is not None and not check[0](value):
+            raise ValueError(f"{name} must be {check[1]}, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _warn_constant_actions(dataset: Any) -> None:
+    """A dimension that never varies trains silently into a policy that can only output that value."""
+    stats = dataset.stats.get(ACTION_KEY)
+    dims = [] if stats is None else constant_dimensions(stats)
+    if dims:
+        values = [float(stats["min"][d]) for d in dims]
+        warn(
+            f"action dimension(s) {dims} of {dataset.root} never vary in the data (min == max = {values}): "
+            "the policy will always output that value there; check the recording if it should move"
+        )
 
 
 def _is_global_zero_launch() -> bool:

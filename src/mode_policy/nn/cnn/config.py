@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
-from mode_policy.config_io import JSONConfig, check_known_keys, check_positive_int
+from mode_policy.config_io import JSONConfig, check_field_types, check_known_keys, check_positive_int
 from mode_policy.nn.config import INTERFACE_FIELDS, MoDEConfig
 
 KIND_KEY = "kind"
@@ -141,4 +141,5 @@ class CNNDenoiserConfig(JSONConfig):
                 "MoDEDenoiser.from_pretrained or mode_policy.nn.cnn.load_denoiser)"
             )
         check_known_keys(cls, values, extra=(KIND_KEY,), hint=hint)
+        check_field_types(cls, values)
         return cls(**values)

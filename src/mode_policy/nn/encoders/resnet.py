@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mode_policy.io import state_dict_mismatch
+from mode_policy.io import load_safetensors, state_dict_mismatch
 
 # (block, blocks per stage) as in torchvision.
 ARCHITECTURES: dict[str, tuple[str, tuple[int, int, int, int]]] = {
@@ -159,8 +159,6 @@ class ResNetTrunk(nn.Module):
         ``norm="group"`` the BatchNorm running statistics are skipped. Raises FileNotFoundError for a
         missing file and ValueError naming the missing / mismatched keys.
         """
-        from safetensors.torch import load_file
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(
@@ -168,7 +166,7 @@ class ResNetTrunk(nn.Module):
                 "torchvision (see ResNetTrunk.load_pretrained), or vision_pretrained_path=None to train from "
                 "scratch (nothing is ever downloaded)"
             )
-        weights = _strip_prefix(load_file(str(path)))
+        weights = _strip_prefix(load_safetensors(path, fix="convert the torchvision weights again"))
         own = {k: v for k, v in self.state_dict().items() if not k.startswith("film.")}
         skip = ("running_mean", "running_var", "num_batches_tracked")
         if self.norm_kind == "group":

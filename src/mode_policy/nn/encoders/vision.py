@@ -19,6 +19,26 @@ from torch import nn
 from mode_policy.nn.encoders.resnet import ARCHITECTURES, NORMS, ResNetTrunk
 
 POOLS = ("spatial_softmax", "avg")
+# Smallest last feature map (side, in cells) each pooling can read: keypoints on a single cell are constant.
+MIN_FEATURE_MAP = {"spatial_softmax": 2, "avg": 1}
+
+
+def feature_map_size(side: int) -> int:
+    """Side of a ResNet's last feature map for an input side: five stride-2 stages (conv1, max-pool,
+    layer2-4), each ``(n - 1) // 2 + 1`` (kernel 3 or 7 with padding), alike for ResNet-18, -34 and -50."""
+    for _ in range(5):
+        side = (side - 1) // 2 + 1
+    return side
+
+
+def smallest_image_size(pool: str = "spatial_softmax") -> int:
+    """The smallest image side whose last feature map ``pool`` can read (33 px for spatial softmax)."""
+    side = 1
+    while feature_map_size(side) < MIN_FEATURE_MAP[pool]:
+        side += 1
+    return side
+
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

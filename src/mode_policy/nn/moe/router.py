@@ -47,7 +47,11 @@ def select_experts(
     """
     probs = logits.float().softmax(dim=-1).to(logits.dtype)
     if sample:
-        expert_ids = torch.multinomial(probs.detach().float(), k, replacement=False, generator=generator)
+        # NaN / inf logits (a diverging run) would make multinomial raise before the loss is ever checked.
+        # Draw from a sanitised copy instead: the chosen weights below are still gathered from ``probs``,
+        # so the NaN reaches the output and the loss, where the training loop's divergence check sees it.
+        draw = probs.detach().float().nan_to_num(nan=1.0, posinf=1.0, neginf=0.0).clamp_min(1e-12)
+        expert_ids = torch.multinomial(draw, k, replacement=False, generator=generator)
     else:
         expert_ids = probs.topk(k, dim=-1).indices
     chosen = probs.gather(-1, expert_ids)
