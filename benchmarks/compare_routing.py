@@ -26,12 +26,14 @@ from pathlib import Path
 # sys.path): drop this folder from the import path first.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from mode_policy.data.collect import collect_demonstrations  # noqa: E402
+from mode_policy.envs.collect import collect_demonstrations  # noqa: E402
 from mode_policy.evaluation.inspect import inspect_policy  # noqa: E402
 from mode_policy.evaluation.rollout import evaluate  # noqa: E402
 from mode_policy.io import atomic_write_text  # noqa: E402
+from mode_policy.nn.expert_cache import can_cache_experts  # noqa: E402
 from mode_policy.nn.flops import count_chunk_macs  # noqa: E402
-from mode_policy.policies.modeling_mode import MoDEPolicy  # noqa: E402
+from mode_policy.nn.usage import routed_layers  # noqa: E402
+from mode_policy.policies.mode.modeling import MoDEPolicy  # noqa: E402
 from mode_policy.training.train import train  # noqa: E402
 
 
@@ -75,7 +77,7 @@ def cost_rows(policies: dict[str, MoDEPolicy], repetitions: int) -> dict[str, di
     rows = {}
     for name, policy in policies.items():
         denoiser = policy.denoiser.eval()
-        cacheable = denoiser.config.cacheable
+        cacheable = can_cache_experts(denoiser)
         variants[name] = (denoiser, cacheable)
         sigmas = policy.config.sampling_sigmas()
         counts = denoiser.parameter_counts()
@@ -148,7 +150,7 @@ def main() -> None:
             )
         policies[name] = MoDEPolicy.from_pretrained(out / f"{name}-seed{seeds[0]}" / "policy")
         heatmap = None
-        if not policies[name].denoiser.config.is_dense:
+        if routed_layers(policies[name].denoiser):
             report = inspect_policy(
                 out / f"{name}-seed{seeds[0]}", out / f"{name}-seed{seeds[0]}" / "inspect"
             )

@@ -33,9 +33,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 from mode_policy.distill import VDDPolicy, distill, load_teacher  # noqa: E402
 from mode_policy.distill.trainer import batch_source  # noqa: E402
 from mode_policy.distill.warm_start import WARM_START_LR, WARM_START_STEPS, warm_start  # noqa: E402
-from mode_policy.evaluation.loading import resolve_policy_dir, shipped_pretrained  # noqa: E402
 from mode_policy.evaluation.rollout import evaluate  # noqa: E402
 from mode_policy.io import atomic_write_text  # noqa: E402
+from mode_policy.policies.folders import resolve_policy_dir, shipped_pretrained  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "distill-mt10.json"
@@ -99,7 +99,7 @@ def main() -> None:
     out = Path(args.out)
     dataset = args.dataset
     if dataset is None and (run_dir is None or not (run_dir / "train_config.json").is_file()):
-        from mode_policy.data.collect import collect_demonstrations
+        from mode_policy.envs.collect import collect_demonstrations
 
         dataset = out / "data"
         if not (dataset / "meta" / "info.json").is_file():

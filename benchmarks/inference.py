@@ -20,6 +20,7 @@ import torch
 
 from mode_policy.diffusion.schedules import exponential_schedule
 from mode_policy.nn import MoDEConfig, MoDEDenoiser
+from mode_policy.nn.expert_cache import can_cache_experts
 from mode_policy.nn.flops import count_chunk_macs
 
 STEPS = 10  # sampler steps per chunk (DDIM = 1 model evaluation per step)
@@ -55,7 +56,8 @@ def time_chunks(
             goal = torch.randn(batch, config.goal_dim, dtype=dtype)
             generator = torch.Generator().manual_seed(rep)
             start = time.perf_counter()
-            denoiser.sample_actions(obs, goal, sigmas, generator=generator, use_cache=use_cache)
+            options = {"use_cache": use_cache} if can_cache_experts(denoiser) else {}
+            denoiser.sample_actions(obs, goal, sigmas, generator=generator, **options)
             elapsed = time.perf_counter() - start
             if rep >= warmup:
                 times[name].append(elapsed * 1e3)

@@ -27,10 +27,10 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from mode_policy.data.collect import collect_demonstrations  # noqa: E402
+from mode_policy.envs.collect import collect_demonstrations  # noqa: E402
 from mode_policy.evaluation.rollout import evaluate  # noqa: E402
 from mode_policy.io import atomic_write, atomic_write_text  # noqa: E402
-from mode_policy.policies.modeling_mode import MoDEPolicy  # noqa: E402
+from mode_policy.policies.mode.modeling import MoDEPolicy  # noqa: E402
 from mode_policy.training.train import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from mode_policy.data import ActionChunkDataset, LeRobotDataset
-    from mode_policy.data.collect import collect_demonstrations
+    from mode_policy.envs.collect import collect_demonstrations
     from mode_policy.evaluation.rollout import evaluate
     from mode_policy.training.train import train
 

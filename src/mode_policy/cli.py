@@ -102,8 +102,8 @@ def demo(args: argparse.Namespace) -> int:
 @reports_errors("collect", RuntimeError)  # RuntimeError: the scripted experts or the renderer failed
 def collect(args: argparse.Namespace) -> int:
     """Record Meta-World scripted-expert demonstrations into a LeRobotDataset v3."""
-    from mode_policy.data.collect import collect_demonstrations
     from mode_policy.data.lerobot import LeRobotDataset
+    from mode_policy.envs.collect import collect_demonstrations
 
     out = collect_demonstrations(
         args.out,
@@ -129,12 +129,13 @@ def collect(args: argparse.Namespace) -> int:
 
 @reports_errors("train", FloatingPointError)  # FloatingPointError: training diverged
 def train_command(args: argparse.Namespace) -> int:
-    """Train a MoDE policy on a LeRobot dataset (Lightning; resumable; DDP by flags)."""
+    """Train a policy on a LeRobot dataset (Lightning; resumable; DDP by flags)."""
     from mode_policy.training.train import train
 
     run = train(
         args.dataset,
         args.out,
+        policy_type=args.policy_type,
         steps=args.steps,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -269,9 +270,12 @@ def _add_distill_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_training_commands(commands: argparse._SubParsersAction) -> None:
-    train_parser = commands.add_parser("train", help="train a MoDE policy on a LeRobot dataset")
+    train_parser = commands.add_parser("train", help="train a policy (MoDE by default) on a LeRobot dataset")
     train_parser.add_argument("--dataset", required=True, help="LeRobotDataset v3 folder")
     train_parser.add_argument("--out", required=True, help="run directory (checkpoints, logs, policy/)")
+    train_parser.add_argument(
+        "--policy-type", default="mode", help="a registered policy type (mode); a resumed run keeps its own"
+    )
     train_parser.add_argument("--steps", type=int, default=None, help="optimizer steps in total (20000)")
     train_parser.add_argument("--batch-size", type=int, default=None, help="per device (256)")
     train_parser.add_argument("--seed", type=int, default=None, help="(0)")

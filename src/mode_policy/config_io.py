@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from mode_policy.io import atomic_write_text, read_json
 
@@ -18,6 +18,11 @@ class JSONConfig:
     """Mixin for ``@dataclass`` configs; ``config_file_hint`` says what writes the file, for errors."""
 
     config_file_hint = "save()"
+
+    @classmethod
+    def file_owner(cls) -> str:
+        """Who writes this config's file, for messages (``<owner>.<config_file_hint>``)."""
+        return cls.__name__
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -34,11 +39,49 @@ class JSONConfig:
 
     @classmethod
     def load(cls, path: str | Path):
-        values = read_config_json(path, cls.__name__, cls.config_file_hint)
+        values = read_config_json(path, cls.file_owner(), cls.config_file_hint)
         try:
-            return cls.from_dict(values)
+            return cls.from_dict(cls._from_file(values))
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
+
+    @classmethod
+    def _from_file(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """What a file's values mean to ``from_dict`` (subclasses fill in what old files lack)."""
+        return values
+
+
+class TaggedConfig(JSONConfig):
+    """A config whose JSON names the registered class it belongs to: ``{tag_key: tag, ...fields}``.
+
+    ``tag`` is set by the class's registration (``mode_policy.registry``); a tag of another class is
+    refused. ``from_dict`` reads values without a tag as this class's; ``load`` reads a *file* without one
+    as ``default_tag`` (policies: "mode", whose files were saved before tags existed; None: this class).
+    """
+
+    tag_key: ClassVar[str] = "type"
+    tag: ClassVar[str] = ""
+    default_tag: ClassVar[str | None] = None
+    describe: ClassVar[str] = "config"  # what the class is, for messages ("VDD student")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {self.tag_key: self.tag, **super().to_dict()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        check_known_keys(cls, values, extra=(cls.tag_key,))
+        values = dict(values)
+        tag = values.pop(cls.tag_key, cls.tag)
+        if tag != cls.tag:
+            raise ValueError(
+                f"this config is not a {cls.describe} ({cls.tag_key} {tag!r}, expected {cls.tag!r}); load it "
+                f"with the class registered as {tag!r}"
+            )
+        return super().from_dict(values)
+
+    @classmethod
+    def _from_file(cls, values: dict[str, Any]) -> dict[str, Any]:
+        return {cls.tag_key: cls.default_tag or cls.tag, **values}
 
 
 def check_known_keys(

@@ -781,7 +781,7 @@ def test_collect_removes_stale_partial_folders(tmp_path, capsys):
 
 
 def test_collect_warns_about_frames_too_small_for_the_encoder():
-    from mode_policy.data.collect import camera_features
+    from mode_policy.envs.collect import camera_features
 
     with pytest.warns(UserWarning, match="--image-size 33"):
         camera_features(["corner"], 32)

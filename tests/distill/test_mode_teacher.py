@@ -9,8 +9,8 @@ import torch
 from mode_policy.cli import main
 from mode_policy.data.lerobot import LeRobotDatasetWriter
 from mode_policy.distill import TeacherError, VDDPolicy, distill, load_teacher
-from mode_policy.evaluation.loading import load_policy
 from mode_policy.policies import MoDEPolicy
+from mode_policy.policies.registry import load_policy_and_run
 from tests.policies.common import ACTION_DIM, STATE_DIM, TASKS, tiny_config
 
 FEATURES = {
@@ -63,7 +63,7 @@ def test_distill_a_mode_run_then_load_and_predict(teacher_run, tmp_path):
     assert chunk.shape == (2, 4, ACTION_DIM) and torch.isfinite(chunk).all()
     again = result.student.predict_action_chunk(obs, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(chunk, again)
-    assert isinstance(load_policy(out, device="cpu")[0], VDDPolicy)  # what `mode-policy eval` does
+    assert isinstance(load_policy_and_run(out, device="cpu")[0], VDDPolicy)  # what `mode-policy eval` does
 
 
 def test_cli_distill(teacher_run, tmp_path, capsys):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from mode_policy.distill.mixture import MixtureParams
 from mode_policy.distill.objective import vdd_loss
+from mode_policy.policies.vdd.mixture import MixtureParams
 
 D = 3
 MODE = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)

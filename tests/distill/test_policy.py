@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mode_policy.distill import VDDPolicy, VDDPolicyConfig
-from mode_policy.distill.mixture import MixtureParams
-from mode_policy.evaluation.loading import load_policy
+from mode_policy.policies.registry import load_policy_and_run
+from mode_policy.policies.vdd.mixture import MixtureParams
 from tests.distill.common import TOY_TASK, toy_student
 
 
@@ -94,8 +94,8 @@ def test_save_load_round_trip_and_eval_loader(tmp_path):
     after = loaded.predict_action_chunk(obs, generator=torch.Generator().manual_seed(3))
     assert torch.equal(before, after)
     # `mode-policy eval` resolves a run and dispatches on config.json's policy_type.
-    policy, _, run_dir = load_policy(tmp_path / "run", device="cpu")
+    policy, _, run_dir = load_policy_and_run(tmp_path / "run", device="cpu")
     assert isinstance(policy, VDDPolicy) and run_dir == tmp_path / "run"
     (tmp_path / "run" / "policy" / "config.json").write_text(json.dumps({"policy_type": "flow"}))
     with pytest.raises(ValueError, match="policy_type 'flow'"):
-        load_policy(tmp_path / "run", device="cpu")
+        load_policy_and_run(tmp_path / "run", device="cpu")

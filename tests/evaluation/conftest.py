@@ -11,8 +11,8 @@ def tiny_policy_dir(tmp_path_factory):
     import torch
 
     from mode_policy.envs.metaworld import instruction
-    from mode_policy.policies.configuration_mode import MoDEPolicyConfig
-    from mode_policy.policies.modeling_mode import MoDEPolicy
+    from mode_policy.policies.mode.configuration import MoDEPolicyConfig
+    from mode_policy.policies.mode.modeling import MoDEPolicy
 
     torch.manual_seed(0)
     config = MoDEPolicyConfig.from_dict({

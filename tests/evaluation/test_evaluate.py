@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mode_policy.evaluation import evaluate
-from mode_policy.evaluation.loading import resolve_policy_dir
+from mode_policy.policies.folders import resolve_policy_dir
 from tests.evaluation.conftest import TASKS
 
 
@@ -63,10 +63,11 @@ def test_missing_osmesa_gives_a_clear_message(tiny_policy_dir, tmp_path, capsys,
 
 def test_shipped_pretrained_policy_loads_and_acts():
     from mode_policy.envs.metaworld import instruction
-    from mode_policy.evaluation.loading import load_policy, shipped_pretrained
+    from mode_policy.policies.folders import shipped_pretrained
+    from mode_policy.policies.registry import load_policy_and_run
 
     assert "mt10-mode-small" in shipped_pretrained()
-    policy, policy_dir, _ = load_policy("mt10-mode-small", "cpu")
+    policy, policy_dir, _ = load_policy_and_run("mt10-mode-small", "cpu")
     assert (policy_dir / "README.md").is_file()
     assert policy.parameter_counts()["total"] < 10e6 / 2  # float16 weights: under 10 MB on disk
     obs = {"observation.state": torch.zeros(2, 39), "task": [instruction("reach-v3"), instruction("push-v3")]}

@@ -20,8 +20,8 @@ def test_inspect_cli_refuses_dense_policies(tmp_path, capsys):
     pytest.importorskip("metaworld")
     import numpy as np
 
-    from mode_policy.policies.configuration_mode import MoDEPolicyConfig
-    from mode_policy.policies.modeling_mode import MoDEPolicy
+    from mode_policy.policies.mode.configuration import MoDEPolicyConfig
+    from mode_policy.policies.mode.modeling import MoDEPolicy
 
     config = MoDEPolicyConfig.from_dict(
         {"language_encoder": "onehot", "tasks": ["a"], "denoiser": {"width": 16, "heads": 2, "num_experts": 1,

@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from mode_policy.diffusion import exponential_schedule
-from mode_policy.nn.cnn import CNNDenoiser, CNNDenoiserConfig, load_denoiser
+from mode_policy.nn import CNNDenoiser, CNNDenoiserConfig, load_denoiser
 from mode_policy.nn.denoiser import CONFIG_FILE, WEIGHTS_FILE, MoDEDenoiser
-from mode_policy.nn.expert_cache import ExpertCacheError
+from mode_policy.nn.edm_denoiser import EDMDenoiser
+from mode_policy.nn.expert_cache import can_cache_experts
 from mode_policy.nn.flops import count_chunk_macs
 from tests.conftest import random_inputs, tiny_denoiser
 
@@ -143,27 +144,27 @@ def test_input_errors_name_the_config_field():
         denoiser(x, torch.ones(3, dtype=torch.float64), obs, goal)
 
 
-def test_moe_only_interface_degrades_clearly():
+def test_moe_only_capabilities_are_absent_not_faked():
     denoiser = tiny_cnn().eval()
     config = denoiser.config
-    assert config.cacheable is False and config.is_dense is True and config.kind == "cnn"
-    with pytest.raises(ExpertCacheError, match="no experts"):
-        denoiser.cache_experts(SIGMAS)
-    denoiser.clear_expert_cache()
+    assert config.tag == "cnn" and not hasattr(config, "cacheable") and not hasattr(config, "is_dense")
+    assert not hasattr(denoiser, "cache_experts") and not can_cache_experts(denoiser)
     counts = denoiser.parameter_counts()
     assert counts["total"] == counts["active"] == sum(p.numel() for p in denoiser.parameters())
     _, obs, goal = random_inputs(config, 2)
-    with_cache = denoiser.sample_actions(obs, goal, SIGMAS, generator=torch.Generator().manual_seed(1))
-    without = denoiser.sample_actions(
-        obs, goal, SIGMAS, use_cache=False, generator=torch.Generator().manual_seed(1)
-    )
-    torch.testing.assert_close(with_cache, without)
+    first = denoiser.sample_actions(obs, goal, SIGMAS, generator=torch.Generator().manual_seed(1))
+    again = denoiser.sample_actions(obs, goal, SIGMAS, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(first, again)
+    with pytest.raises(TypeError, match="use_cache"):
+        denoiser.sample_actions(obs, goal, SIGMAS, use_cache=True)  # there is no cache to ask for
 
 
 def test_public_interface_matches_mode_denoiser():
-    public = {name for name in dir(MoDEDenoiser) if not name.startswith("_")} - set(dir(nn.Module))
-    missing = sorted(name for name in public if not hasattr(CNNDenoiser, name))
+    shared = {name for name in dir(EDMDenoiser) if not name.startswith("_")} - set(dir(nn.Module))
+    missing = sorted(name for name in shared if not hasattr(CNNDenoiser, name))
     assert not missing
+    expert_cache = {"cache_experts", "clear_expert_cache"}  # MoDE's own capability
+    assert expert_cache <= set(dir(MoDEDenoiser)) and not expert_cache & set(dir(CNNDenoiser))
 
 
 def test_save_load_round_trip_gives_identical_samples(tmp_path):
@@ -269,7 +270,7 @@ def test_flop_counter_counts_every_convolution():
     obs = torch.zeros(3, 1, config.obs_dim)
     goal = torch.zeros(3, 1, config.goal_dim)
     expected = _expected_conv_and_linear_macs(
-        denoiser.eval(), lambda: denoiser.sample_actions(obs, goal, SIGMAS, use_cache=False)
+        denoiser.eval(), lambda: denoiser.sample_actions(obs, goal, SIGMAS)
     )
     assert counted.macs == expected, counted.by_operator
     assert any("convolution" in op and macs > 0 for op, macs in counted.by_operator.items())

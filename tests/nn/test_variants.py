@@ -1,5 +1,7 @@
 """The routing family: every variant trains, saves, reloads and samples; caching per variant; conversions."""
 
+from dataclasses import asdict
+
 import pytest
 import torch
 
@@ -17,8 +19,8 @@ VARIANTS = {
     "task": {"router_input": "task"},
     "sigma_goal": {"router_input": "sigma_goal"},
     "stage": {"router_input": "stage", "stage_boundaries": [2.0, 0.3], "num_experts": 3, "top_k": 1},
-    "dense_active": dense_config_like(tiny_config(), "active").to_dict(),
-    "dense_total": dense_config_like(tiny_config(), "total").to_dict(),
+    "dense_active": asdict(dense_config_like(tiny_config(), "active")),  # the fields, as constructor kwargs
+    "dense_total": asdict(dense_config_like(tiny_config(), "total")),
 }
 
 

@@ -76,7 +76,7 @@ def test_image_policy_collect_train_eval(tmp_path):
     if not osmesa_available():
         pytest.skip("MuJoCo off-screen rendering needs OSMesa on a CPU: apt-get install -y libosmesa6")
     from mode_policy.data import LeRobotDataset
-    from mode_policy.data.collect import collect_demonstrations
+    from mode_policy.envs.collect import collect_demonstrations
     from mode_policy.training.train import train
 
     data = collect_demonstrations(

@@ -11,7 +11,7 @@ TINY_POLICY = ["language_encoder=onehot", "denoiser.width=32", "denoiser.depth=2
 def tiny_dataset(tmp_path_factory):
     """2 MT10 tasks x 2 scripted-expert episodes as a LeRobotDataset v3 (~2 s)."""
     pytest.importorskip("metaworld")
-    from mode_policy.data.collect import collect_demonstrations
+    from mode_policy.envs.collect import collect_demonstrations
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     return collect_demonstrations(

@@ -3,7 +3,7 @@ import pytest
 from mode_policy.data.lerobot import LeRobotDataset
 from mode_policy.nn.cnn import CNNDenoiserConfig
 from mode_policy.nn.config import MoDEConfig
-from mode_policy.training.policy_factory import policy_config_for
+from mode_policy.training.train import policy_config_for
 
 
 def test_overrides_pick_any_denoiser_of_the_family(tiny_dataset):

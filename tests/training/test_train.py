@@ -34,7 +34,7 @@ def _states_equal(a, b):
 
 def test_train_export_reload_and_evaluate(tiny_dataset, tmp_path):
     from mode_policy.evaluation import evaluate
-    from mode_policy.policies.modeling_mode import MoDEPolicy
+    from mode_policy.policies.mode.modeling import MoDEPolicy
 
     run = train(tiny_dataset, tmp_path / "run", **train_kwargs())
     for name in ("policy/config.json", "policy/model.safetensors", "checkpoints/last.ckpt", "metrics.csv",
@@ -90,7 +90,7 @@ def test_resume_refuses_conflicting_settings(tiny_dataset, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_dataset, tmp_path, monkeypatch):
-    from mode_policy.policies.modeling_mode import MoDEPolicy
+    from mode_policy.policies.mode.modeling import MoDEPolicy
 
     original = MoDEPolicy.compute_loss
     calls = {"n": 0}

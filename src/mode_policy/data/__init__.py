@@ -1,4 +1,4 @@
-"""Datasets: the LeRobotDataset v3 layout, training windows, demonstration collection."""
+"""Datasets: the LeRobotDataset v3 layout (reader, writer, stats) and training windows; no simulator."""
 
 from mode_policy.data.errors import DatasetError
 from mode_policy.data.lerobot import LeRobotDataset, LeRobotDatasetWriter

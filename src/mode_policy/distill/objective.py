@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mode_policy.distill.mixture import MixtureParams
+from mode_policy.policies.vdd.mixture import MixtureParams
 
 # (points (N, d) normalised, flat) -> (D(a; sigma) - a (N, d), sigma (N,)), no grad.
 ScoreFunction = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

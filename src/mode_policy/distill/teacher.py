@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from mode_policy.distill.configuration_vdd import INTERFACE_FIELDS, POLICY_TYPE
-from mode_policy.io import CorruptFileError, read_json
+from mode_policy.policies.registry import load_policy_and_run
+from mode_policy.policies.vdd.configuration import INTERFACE_FIELDS
 
 Denoiser = Callable[[torch.Tensor, float, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -28,52 +28,37 @@ class TeacherError(ValueError):
 
 
 def load_teacher(teacher: Any, device: str | torch.device = "cpu") -> tuple[Any, Path | None]:
-    """(MoDEPolicy in eval mode, its training run directory or None) from a policy object or a path.
+    """(diffusion policy in eval mode, its training run directory or None) from a policy object or a path.
 
-    Accepts a ``MoDEPolicy``, a training run (``RUN/policy``), a ``save_pretrained`` directory or a
-    shipped pretrained name. Refuses a VDD student and anything that is not a saved MoDE policy.
+    Accepts a policy object, a training run (``RUN/policy``), a ``save_pretrained`` directory or a shipped
+    pretrained name, of any policy type that has a diffusion denoiser (``policy.denoiser``, the score a
+    student learns from); a one-step student has none and is refused.
     """
-    from mode_policy.evaluation.loading import resolve_policy_dir
-    from mode_policy.policies.modeling_mode import MoDEPolicy
-
-    if isinstance(teacher, MoDEPolicy):
-        return teacher.eval(), None
-    if isinstance(teacher, torch.nn.Module) and getattr(teacher.config, "policy_type", None) == POLICY_TYPE:
-        raise TeacherError(_STUDENT_AS_TEACHER.format(where="the policy object passed"))
-    if not isinstance(teacher, (str, Path)):
+    if isinstance(teacher, torch.nn.Module):
+        policy, run_dir, where = teacher.eval(), None, "the policy object passed"
+    elif isinstance(teacher, (str, Path)):
+        try:
+            policy, policy_dir, run_dir = load_policy_and_run(teacher, device=str(device))
+        except FileNotFoundError as error:
+            raise TeacherError(f"teacher {teacher}: {error}") from None
+        except (ValueError, KeyError) as error:
+            raise TeacherError(
+                f"teacher {teacher} is not a MoDE diffusion policy that loads ({error}); pass a run written "
+                "by `mode-policy train` or a MoDEPolicy.save_pretrained directory"
+            ) from None
+        where = str(policy_dir)
+    else:
         raise TeacherError(
-            f"teacher must be a MoDEPolicy or the path of a MoDE run / saved policy, got "
+            f"teacher must be a diffusion policy or the path of a MoDE run / saved policy, got "
             f"{type(teacher).__name__}"
         )
-    try:
-        policy_dir, run_dir = resolve_policy_dir(teacher)
-    except FileNotFoundError as error:
-        raise TeacherError(f"teacher {teacher}: {error}") from None
-    config_path = policy_dir / "config.json"
-    try:
-        values = read_json(config_path, fix="restore the teacher's policy folder")
-    except CorruptFileError as error:
-        raise TeacherError(f"teacher: {error}") from None
-    kind = values.get("policy_type") if isinstance(values, dict) else None
-    if kind == POLICY_TYPE:
-        raise TeacherError(_STUDENT_AS_TEACHER.format(where=str(policy_dir)))
-    if kind is not None or not isinstance(values, dict) or "denoiser" not in values:
+    if not isinstance(getattr(policy, "denoiser", None), torch.nn.Module):
         raise TeacherError(
-            f"teacher {policy_dir} is not a MoDE diffusion policy (config.json has "
-            f"{'policy_type ' + repr(kind) if kind else 'no denoiser section'}); pass a run written by "
-            "`mode-policy train` or a MoDEPolicy.save_pretrained directory"
+            f"{where} is a {policy.config.describe} (policy_type {policy.name!r}), not a diffusion policy: "
+            "it has no denoiser whose score a student could learn; pass the MoDE run it was distilled from "
+            "as --teacher"
         )
-    try:
-        policy = MoDEPolicy.from_pretrained(policy_dir, device=device)
-    except (ValueError, KeyError) as error:
-        raise TeacherError(f"teacher {policy_dir} could not be loaded as a MoDE policy: {error}") from None
     return policy, run_dir
-
-
-_STUDENT_AS_TEACHER = (
-    "{where} is a VDD student (policy_type 'vdd'), not a diffusion policy: a student has no score to "
-    "distil from; pass the MoDE run it was distilled from as --teacher"
-)
 
 
 def check_student_fits(student_config: Any, teacher_config: Any) -> None:

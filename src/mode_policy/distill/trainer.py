@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 
-from mode_policy.distill.modeling_vdd import VDDPolicy
 from mode_policy.distill.objective import SCORE_ESTIMATORS, vdd_loss
 from mode_policy.distill.teacher import (
     TeacherError,
@@ -39,8 +38,11 @@ from mode_policy.distill.teacher import (
     teacher_score,
 )
 from mode_policy.distill.warm_start import WARM_START_LR, WARM_START_STEPS, warm_start
-from mode_policy.io import atomic_write, atomic_write_text, check_output_dir, read_json
+from mode_policy.io import atomic_write, atomic_write_text, check_output_dir
 from mode_policy.keys import ACTION_KEY, STATE_KEY
+from mode_policy.nn.expert_cache import can_cache_experts
+from mode_policy.policies.folders import POLICY_SUBDIR, run_dataset
+from mode_policy.policies.vdd.modeling import VDDPolicy
 from mode_policy.training.schedule import warmup_cosine
 
 GATING_TARGETS = ("data", "teacher")
@@ -120,12 +122,47 @@ def distill(
     chunks (``mode_policy.distill.warm_start``; no teacher calls, needs actions); 0 starts VDD from the
     random initialisation, as the paper.
     """
+    sigmas = _check_arguments(
+        gating_targets=gating_targets, score_estimator=score_estimator, steps=steps, batch_size=batch_size,
+        samples_per_expert=samples_per_expert, log_every=log_every, experts=experts,
+        warm_start_steps=warm_start_steps, lr=lr, warm_start_lr=warm_start_lr, score_sigmas=score_sigmas,
+    )  # fmt: skip
+    out = _check_out(out, overwrite)
+    torch.manual_seed(seed)  # the student's initial weights
+    teacher_policy, run_dir, denoiser = _resolve_teacher(teacher)
+    student = _student(student, teacher_policy, experts, covariance, student_overrides)
+    need_actions = gating_targets == "data" or warm_start_steps > 0
+    source = batch_source(data, run_dir, student.config, need_actions=need_actions)
+    settings = DistillSettings(
+        teacher=str(teacher) if isinstance(teacher, (str, Path)) else type(teacher).__name__,
+        dataset=source.description, experts=student.config.num_experts, steps=steps, batch_size=batch_size,
+        seed=seed, lr=lr, samples_per_expert=samples_per_expert, score_sigmas=sigmas,
+        score_estimator=score_estimator, gating_targets=gating_targets, warm_start_steps=warm_start_steps,
+        warm_start_lr=warm_start_lr, log_every=log_every, student=student.config.to_dict(),
+    )  # fmt: skip
+    generator = torch.Generator(device=student.device).manual_seed(seed)
+    start = time.perf_counter()  # seconds in the logs and summary count the warm start too
+    warm_start_history = _warm_start(student, source, settings, generator, progress)
+    deadline = None if max_minutes is None else start + 60 * max_minutes
+    history, step = _vdd_steps(student, teacher_policy, denoiser, source, settings, generator, start,
+                               deadline, progress)  # fmt: skip
+    seconds = time.perf_counter() - start
+    student.eval()
+    if out is not None:
+        _write_run(out, student, settings, history, warm_start_history, seconds, step)
+    return DistillResult(student, history, warm_start_history, seconds, out)
+
+
+# Steps of distill() -------------------------------------------------------------------------------------
+def _check_arguments(
+    *, gating_targets, score_estimator, warm_start_steps, lr, warm_start_lr, score_sigmas, **positive
+) -> list[float]:
+    """Refuse bad settings before anything loads; returns the score sigmas as floats."""
     if gating_targets not in GATING_TARGETS:
         raise ValueError(f"gating_targets must be one of {list(GATING_TARGETS)}, got {gating_targets!r}")
     if score_estimator not in SCORE_ESTIMATORS:
         raise ValueError(f"score_estimator must be one of {list(SCORE_ESTIMATORS)}, got {score_estimator!r}")
-    _check_positive(steps=steps, batch_size=batch_size, samples_per_expert=samples_per_expert,
-                    log_every=log_every, experts=experts)  # fmt: skip
+    _check_positive(**positive)
     if not isinstance(warm_start_steps, int) or isinstance(warm_start_steps, bool) or warm_start_steps < 0:
         raise ValueError(f"warm_start_steps must be a non-negative integer, got {warm_start_steps!r}")
     for name, value in (("lr", lr), ("warm_start_lr", warm_start_lr)):
@@ -134,70 +171,81 @@ def distill(
     sigmas = [float(s) for s in score_sigmas]
     if not sigmas or any(not s > 0 for s in sigmas):
         raise ValueError(f"score_sigmas must be positive noise levels, got {list(score_sigmas)}")
-    out = (
-        None if out is None else check_output_dir(out, option="--out", owned=RUN_MARKERS, what="distill run")
-    )
-    if out is not None and (out / "policy" / "config.json").exists() and not overwrite:
-        raise FileExistsError(f"{out} already holds a distilled policy; choose a new --out or overwrite=True")
+    return sigmas
 
-    torch.manual_seed(seed)  # the student's initial weights
-    teacher_policy, run_dir, denoiser = _resolve_teacher(teacher)
+
+def _check_out(out: str | Path | None, overwrite: bool) -> Path | None:
+    if out is None:
+        return None
+    out = check_output_dir(out, option="--out", owned=RUN_MARKERS, what="distillation run")
+    if (out / POLICY_SUBDIR / "config.json").exists() and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds a distilled policy; choose a new --out, or replace it with --overwrite "
+            "(overwrite=True in Python)"
+        )
+    return out
+
+
+def _student(student, teacher_policy, experts, covariance, overrides) -> VDDPolicy:
+    """The given student (checked against the teacher) or a new one built from the teacher."""
     if student is None:
         if teacher_policy is None:
             raise TeacherError(
                 "a bare denoiser teacher has no encoder or normalisation to copy: pass student=VDDPolicy(...)"
             )
-        overrides = {"num_experts": experts, "covariance": covariance, **(student_overrides or {})}
-        student = VDDPolicy.from_teacher(teacher_policy, **overrides)
-    elif teacher_policy is not None:
+        return VDDPolicy.from_teacher(
+            teacher_policy, num_experts=experts, covariance=covariance, **(overrides or {})
+        )
+    if teacher_policy is not None:
         check_student_fits(student.config, teacher_policy.config)
         check_same_normalizer(student, teacher_policy)
-    config = student.config
-    need_actions = gating_targets == "data" or warm_start_steps > 0
-    source = batch_source(data, run_dir, config, need_actions=need_actions)
-    settings = DistillSettings(
-        teacher=str(teacher) if isinstance(teacher, (str, Path)) else type(teacher).__name__,
-        dataset=source.description, experts=config.num_experts, steps=steps, batch_size=batch_size,
-        seed=seed, lr=lr, samples_per_expert=samples_per_expert, score_sigmas=sigmas,
-        score_estimator=score_estimator, gating_targets=gating_targets, warm_start_steps=warm_start_steps,
-        warm_start_lr=warm_start_lr, log_every=log_every, student=config.to_dict(),
-    )  # fmt: skip
+    return student
 
-    device = student.device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    start = time.perf_counter()  # seconds in the logs and summary count the warm start too
-    warm_start_history: list[dict[str, float]] = []
-    if warm_start_steps:
-        bar = _progress_bar(warm_start_steps, progress, "warm start")
-        warm_start_history = warm_start(student, source, steps=warm_start_steps, batch_size=batch_size,
-                                        lr=warm_start_lr, generator=generator, bar=bar)  # fmt: skip
-        if bar is not None:
-            bar.close()
-    optimizer = torch.optim.AdamW(student.network.parameters(), lr=lr, weight_decay=0.0)
+
+def _warm_start(student, source, settings: DistillSettings, generator, progress) -> list[dict[str, float]]:
+    if not settings.warm_start_steps:
+        return []
+    bar = _progress_bar(settings.warm_start_steps, progress, "warm start")
+    history = warm_start(student, source, steps=settings.warm_start_steps, batch_size=settings.batch_size,
+                         lr=settings.warm_start_lr, generator=generator, bar=bar)  # fmt: skip
+    if bar is not None:
+        bar.close()
+    return history
+
+
+def _vdd_steps(student, teacher_policy, denoiser, source, settings: DistillSettings, generator, start,
+               deadline, progress) -> tuple[list[dict[str, float]], int]:  # fmt: skip
+    """The VDD loop: per step one student forward, one teacher call per score sigma, one update.
+    Returns the logged rows and the steps taken (fewer than asked when ``deadline`` passes)."""
+    config, steps = student.config, settings.steps
+    optimizer = torch.optim.AdamW(student.network.parameters(), lr=settings.lr, weight_decay=0.0)
     warmup = min(100, steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, warmup_steps=warmup, total_steps=steps, min_lr_ratio=0.1)
     )
     chunk_shape = (config.chunk_size, config.action_dim)
-    repeats = config.num_experts * samples_per_expert
+    repeats = config.num_experts * settings.samples_per_expert
     history: list[dict[str, float]] = []
     window: dict[str, list[float]] = {}
     bar = _progress_bar(steps, progress, "distilling")
     student.train()
     step = 0
     for step in range(1, steps + 1):
-        state, tasks, action = source.sample(batch_size, generator)
+        state, tasks, action = source.sample(settings.batch_size, generator)
         obs, goal = student.encode_inputs(state, tasks)  # the teacher's normalisation and encoder
         params = student.mixture(obs, goal)
-        score_fn = teacher_score(
-            denoiser, obs, goal, sigmas=sigmas, repeats=repeats, action_shape=chunk_shape, generator=generator
-        )
-        if gating_targets == "data":
-            targets = student.normalizer.normalize(ACTION_KEY, action.to(device=device, dtype=student.dtype))
+        score_fn = teacher_score(denoiser, obs, goal, sigmas=settings.score_sigmas, repeats=repeats,
+                                 action_shape=chunk_shape, generator=generator)  # fmt: skip
+        if settings.gating_targets == "data":
+            targets = student.normalizer.normalize(
+                ACTION_KEY, action.to(device=student.device, dtype=student.dtype)
+            )
         else:
             targets = _teacher_samples(teacher_policy, denoiser, obs, goal, chunk_shape, generator)
-        loss = vdd_loss(params, score_fn, targets.flatten(1)[:, None], samples_per_expert=samples_per_expert,
-                        score_estimator=score_estimator, generator=generator)  # fmt: skip
+        loss = vdd_loss(
+            params, score_fn, targets.flatten(1)[:, None], samples_per_expert=settings.samples_per_expert,
+            score_estimator=settings.score_estimator, generator=generator,
+        )  # fmt: skip
         if not bool(torch.isfinite(loss.total)):
             raise FloatingPointError(
                 f"distillation loss became {loss.total.item()} at step {step}; lower --lr or use larger "
@@ -209,7 +257,7 @@ def distill(
         scheduler.step()
         for key, value in loss.logs.items():
             window.setdefault(key, []).append(float(value))
-        if step % log_every == 0 or step == steps:
+        if step % settings.log_every == 0 or step == steps:
             row = {"step": step, **{k: sum(v) / len(v) for k, v in window.items()}}
             row.update(lr=scheduler.get_last_lr()[0], seconds=round(time.perf_counter() - start, 3))
             history.append(row)
@@ -220,15 +268,11 @@ def distill(
                 )
         if bar is not None:
             bar.update(1)
-        if max_minutes is not None and time.perf_counter() - start > 60 * max_minutes:
+        if deadline is not None and time.perf_counter() > deadline:
             break
     if bar is not None:
         bar.close()
-    seconds = time.perf_counter() - start
-    student.eval()
-    if out is not None:
-        _write_run(out, student, settings, history, warm_start_history, seconds, step)
-    return DistillResult(student, history, warm_start_history, seconds, out)
+    return history, step
 
 
 # Teacher and data ---------------------------------------------------------------------------------------
@@ -247,8 +291,10 @@ def _teacher_samples(policy, denoiser, obs, goal, chunk_shape, generator) -> tor
     if policy is not None:
         config = policy.config
         sigmas = config.sampling_sigmas(dtype=obs.dtype, device=obs.device)
-        return denoiser.sample_actions(obs, goal, sigmas, method=config.sampler, generator=generator,
-                                       use_cache=config.use_expert_cache)  # fmt: skip
+        options = {"use_cache": config.use_expert_cache} if can_cache_experts(denoiser) else {}
+        return denoiser.sample_actions(
+            obs, goal, sigmas, method=config.sampler, generator=generator, **options
+        )
     from mode_policy.diffusion.samplers import sample
     from mode_policy.diffusion.schedules import exponential_schedule
 
@@ -321,17 +367,11 @@ def batch_source(data: Any, run_dir: Path | None, config: Any, *, need_actions: 
 
 
 def _run_dataset(run_dir: Path | None) -> str:
-    if run_dir is None or not (run_dir / "train_config.json").is_file():
+    dataset = run_dataset(run_dir)
+    if dataset is None:
         raise ValueError(
-            "no dataset given and the teacher is not a training run with a train_config.json; pass the "
-            "teacher's training dataset (--dataset DIR / data=...)"
-        )
-    recorded = read_json(run_dir / "train_config.json", fix="pass the teacher's dataset with --dataset DIR")
-    dataset = recorded.get("dataset") if isinstance(recorded, dict) else None
-    if not dataset or not Path(dataset).is_dir():
-        raise ValueError(
-            f"{run_dir / 'train_config.json'} names the dataset {dataset!r}, which is not a folder here; "
-            "pass it with --dataset DIR"
+            "no dataset given, and the teacher is not a training run whose recorded dataset still exists; "
+            "pass the teacher's training dataset (--dataset DIR / data=...)"
         )
     return dataset
 
@@ -357,7 +397,7 @@ def _write_run(
         "parameters": student.parameter_counts(),
     }
     atomic_write_text(out / "distill_summary.json", json.dumps(summary, indent=2) + "\n")
-    student.save_pretrained(out / "policy")  # last: a run with policy/config.json is complete
+    student.save_pretrained(out / POLICY_SUBDIR)  # last: a run with policy/config.json is complete
 
 
 def plot_distill_curve(rows: list[dict[str, float]], path: str | Path) -> None:

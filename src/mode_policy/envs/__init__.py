@@ -1,4 +1,4 @@
-"""Simulation environments (Meta-World v3) and their scripted experts."""
+"""Simulation environments (Meta-World v3), their scripted experts, and demonstration collection."""
 
 from mode_policy.envs.instructions import INSTRUCTIONS
 from mode_policy.envs.metaworld import (

@@ -11,10 +11,11 @@ from typing import Any
 
 import torch
 
-from mode_policy.evaluation.loading import load_policy
-from mode_policy.io import atomic_write_text, check_output_dir, read_json
+from mode_policy.io import atomic_write_text, check_output_dir
 from mode_policy.keys import STATE_KEY
-from mode_policy.nn.usage import expert_usage, plot_expert_usage
+from mode_policy.nn.usage import expert_usage, plot_expert_usage, routed_layers
+from mode_policy.policies.folders import run_dataset
+from mode_policy.policies.registry import load_policy_and_run
 
 USAGE_FILES = ("expert_usage.json", "expert_usage.png")
 
@@ -35,12 +36,12 @@ def inspect_policy(
     Writes ``expert_usage.png`` (averaged over tasks), one ``expert_usage_task<i>.png`` per task when
     routing depends on the goal, and ``expert_usage.json``; returns the JSON content.
     """
-    policy, policy_dir, run_dir = load_policy(policy_or_run, "cpu")
-    denoiser = policy.denoiser
-    if denoiser.config.is_dense:
+    policy, policy_dir, run_dir = load_policy_and_run(policy_or_run, device="cpu")
+    denoiser = getattr(policy, "denoiser", None)  # diffusion policies have one; a VDD student does not
+    if denoiser is None or not routed_layers(denoiser):
         raise ValueError(
-            "this policy's denoiser has no routed experts (a dense transformer or the CNN baseline): "
-            "there is no expert usage to plot"
+            f"this {type(policy).__name__} has no routed experts (a dense transformer, the CNN baseline or a "
+            "one-step student): there is no expert usage to plot"
         )
     out = check_output_dir(
         Path(out) if out else (run_dir or policy_dir.parent) / "inspect", option="--out", owned=USAGE_FILES,
@@ -76,11 +77,7 @@ def _observations(
 ) -> tuple[list[str], list[torch.Tensor]]:
     """Task strings and, per task, raw states (frames, n_obs_steps, state_dim)."""
     config = policy.config
-    if dataset is None and run_dir is not None and (run_dir / "train_config.json").is_file():
-        settings = read_json(run_dir / "train_config.json", fix="pass the dataset with --dataset DIR")
-        recorded = settings.get("dataset") if isinstance(settings, dict) else None
-        if isinstance(recorded, str) and Path(recorded).is_dir():
-            dataset = recorded
+    dataset = dataset or run_dataset(run_dir)
     if dataset is not None:
         from mode_policy.data.lerobot import LeRobotDataset
 

@@ -1,8 +1,23 @@
-"""Network building blocks: attention, the mixture-of-experts layer, denoisers and their config."""
+"""Network building blocks: attention, the mixture-of-experts layer, denoisers (by kind) and their configs."""
 
+from mode_policy.nn.cnn import CNNDenoiser, CNNDenoiserConfig
 from mode_policy.nn.config import MoDEConfig
 from mode_policy.nn.denoiser import DenoiserLoss, MoDEDenoiser
-from mode_policy.nn.expert_cache import ExpertCache, ExpertCacheError
+from mode_policy.nn.expert_cache import ExpertCache, ExpertCacheError, can_cache_experts
+from mode_policy.nn.registry import DENOISERS, denoiser_config_from_dict, load_denoiser
 from mode_policy.nn.transformer import MoDETransformer
 
-__all__ = ["DenoiserLoss", "ExpertCache", "ExpertCacheError", "MoDEConfig", "MoDEDenoiser", "MoDETransformer"]
+__all__ = [
+    "DENOISERS",
+    "CNNDenoiser",
+    "CNNDenoiserConfig",
+    "DenoiserLoss",
+    "ExpertCache",
+    "ExpertCacheError",
+    "MoDEConfig",
+    "MoDEDenoiser",
+    "MoDETransformer",
+    "can_cache_experts",
+    "denoiser_config_from_dict",
+    "load_denoiser",
+]

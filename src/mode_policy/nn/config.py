@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
-from mode_policy.config_io import JSONConfig, check_positive_int
+from mode_policy.config_io import TaggedConfig, check_positive_int
+from mode_policy.nn.moe.routing import ROUTING_STRATEGIES, RoutingStrategy, routing_strategy
 
-# What each layer's router looks at (README "Routing variants"):
-# sigma (MoDE), token (DiT-MoE), task (M3ViT / Edge-MoE: the goal embedding), sigma_goal (the MoDE reference
-# code's use_goal_in_routing: phi(sigma) + goal), stage (eDiff-I: hard by sigma range), fixed (a task model
-# extracted from a task-routed one: every layer runs its k experts with constant weights).
-ROUTER_INPUTS = ("sigma", "token", "task", "sigma_goal", "stage", "fixed")
 ATTENTION_MASKS = ("causal", "bidirectional")
 RESIDUAL_VARIANTS = ("prenorm", "reference")
 # What goes in and comes out of a denoiser (MoDE or CNN alike): a policy derives these from its data.
@@ -20,7 +16,7 @@ INTERFACE_FIELDS = ("action_dim", "chunk_size", "obs_dim", "num_obs_tokens", "go
 
 
 @dataclass
-class MoDEConfig(JSONConfig):
+class MoDEConfig(TaggedConfig):
     """Everything that defines a MoDE denoiser's architecture.
 
     Expert counting: ``num_experts`` and ``top_k`` count *all* experts, the shared one included. With
@@ -33,6 +29,10 @@ class MoDEConfig(JSONConfig):
     which replaces the residual stream with its normalized value before the MoE:
     ``h = norm(x + SA(norm(x) + phi)); out = h + MoE(h)``.
     """
+
+    describe: ClassVar[str] = "MoDE transformer denoiser"
+
+    tag_key: ClassVar[str] = "kind"  # the saved config says which denoiser reads it (mode_policy.nn.registry)
 
     # Interface: what goes in and comes out.
     action_dim: int = 4
@@ -84,8 +84,12 @@ class MoDEConfig(JSONConfig):
             )
         _check_choice("attention", self.attention, ATTENTION_MASKS)
         _check_choice("residual", self.residual, RESIDUAL_VARIANTS)
-        _check_choice("router_input", self.router_input, ROUTER_INPUTS)
-        self._check_routing_variant()
+        if self.router_input not in ROUTING_STRATEGIES:
+            raise ValueError(
+                f"MoDEConfig.router_input must be one of {sorted(ROUTING_STRATEGIES)} (the routing "
+                f"variants), got {self.router_input!r}"
+            )
+        self.routing.check_config(self)
         if self.top_k > self.num_experts:
             raise ValueError(
                 f"MoDEConfig.top_k ({self.top_k}) cannot exceed num_experts ({self.num_experts})"
@@ -111,37 +115,15 @@ class MoDEConfig(JSONConfig):
         if not (math.isfinite(self.sigma_data) and self.sigma_data > 0):
             raise ValueError(f"MoDEConfig.sigma_data must be > 0, got {self.sigma_data}")
 
-    def _check_routing_variant(self) -> None:
-        if self.router_input == "stage":
-            boundaries = self.stage_boundaries
-            if not boundaries or any(not (math.isfinite(b) and b > 0) for b in boundaries):
-                raise ValueError(
-                    "MoDEConfig.router_input='stage' needs stage_boundaries: positive sigma values that "
-                    "split the noise range, e.g. [1.0] for two stages"
-                )
-            if any(a <= b for a, b in itertools.pairwise(boundaries)):
-                raise ValueError(f"MoDEConfig.stage_boundaries must be strictly decreasing, got {boundaries}")
-            stages = len(boundaries) + 1
-            if self.num_experts != stages or self.top_k != 1 or self.shared_expert:
-                raise ValueError(
-                    f"stage routing with {len(boundaries)} boundaries has {stages} stages, each owning one "
-                    f"expert: set num_experts={stages}, top_k=1, shared_expert=False (got num_experts="
-                    f"{self.num_experts}, top_k={self.top_k}, shared_expert={self.shared_expert})"
-                )
-        elif self.stage_boundaries is not None:
-            raise ValueError(
-                "MoDEConfig.stage_boundaries only applies to router_input='stage'; remove it or set "
-                "router_input='stage'"
-            )
-        if self.router_input == "fixed" and self.top_k != self.num_experts:
-            raise ValueError(
-                "router_input='fixed' (an extracted task model) runs all its experts: set top_k=num_experts"
-            )
-
     # Derived quantities -------------------------------------------------------------------------------
     @property
+    def routing(self) -> type[RoutingStrategy]:
+        """The routing strategy class ``router_input`` names (``mode_policy.nn.moe.routing``)."""
+        return routing_strategy(self.router_input)
+
+    @property
     def is_dense(self) -> bool:
-        return self.num_experts == 1 and self.router_input != "fixed"
+        return self.num_experts == 1 and self.routing.dense_with_one_expert
 
     @property
     def routed_experts(self) -> int:
@@ -173,11 +155,11 @@ class MoDEConfig(JSONConfig):
         Sigma and stage routing: per step. Task and sigma+goal routing: per (goal, step). Token routing
         depends on every token's content and cannot be cached.
         """
-        return self.is_dense or self.router_input != "token"
+        return self.is_dense or self.routing.cacheable
 
     @property
     def routing_uses_goal(self) -> bool:
-        return not self.is_dense and self.router_input in ("task", "sigma_goal")
+        return not self.is_dense and self.routing.uses_goal
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

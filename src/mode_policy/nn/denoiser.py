@@ -17,11 +17,13 @@ from mode_policy.nn.config import MoDEConfig
 from mode_policy.nn.edm_denoiser import CONFIG_FILE, WEIGHTS_FILE, DenoiserLoss, EDMDenoiser
 from mode_policy.nn.expert_cache import ExpertCache
 from mode_policy.nn.moe.layer import RouterStats
+from mode_policy.nn.registry import DENOISERS
 from mode_policy.nn.transformer import MoDETransformer
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "DenoiserLoss", "MoDEDenoiser"]
 
 
+@DENOISERS.register("mode")
 class MoDEDenoiser(EDMDenoiser):
     """The MoDE transformer under EDM preconditioning, with router losses and the expert cache.
 
@@ -61,23 +63,32 @@ class MoDEDenoiser(EDMDenoiser):
     def clear_expert_cache(self) -> None:
         self._expert_cache = None
 
-    def bind(
+    @torch.no_grad()
+    def sample_actions(
         self,
         obs: torch.Tensor,
         goal: torch.Tensor,
-        sigmas: torch.Tensor | None = None,
+        sigmas: torch.Tensor,
         *,
+        method: str = "ddim",
+        generator: torch.Generator | None = None,
         use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Sample an action chunk (batch, chunk, action_dim); with ``use_cache`` (and a routing that allows
+        it: not token routing) the experts of each step come from the expert cache."""
+        model = self.bind(obs, goal, sigmas if use_cache and self.config.cacheable else None)
+        return self._sample(model, obs.shape[0], sigmas, method, generator)
+
+    def bind(
+        self, obs: torch.Tensor, goal: torch.Tensor, sigmas: torch.Tensor | None = None
     ) -> Callable[..., torch.Tensor]:
         """A k-diffusion-style ``model(x, sigma[, step])`` for ``mode_policy.diffusion.sample``.
 
-        With ``use_cache`` (needs ``sigmas``, the schedule you will sample with) the model takes the
-        sampler's ``step`` and runs the cached experts of that step.
+        With ``sigmas`` (the schedule you will sample with) the model takes the sampler's ``step`` and runs
+        the cached experts of that step; without, it routes at every call.
         """
-        if not use_cache:
-            return lambda x, sigma: self(x, sigma, obs, goal)
         if sigmas is None:
-            raise ValueError("bind(use_cache=True) needs the sampler schedule: pass sigmas=...")
+            return super().bind(obs, goal)
         cache = self.cache_experts(sigmas)
         cache.refresh(check_contents=True)
         if not cache.uses_goal:

@@ -130,16 +130,8 @@ class EDMDenoiser(nn.Module):
         return DenoiserLoss(diffusion, diffusion, zero, zero, diffusion.new_zeros(0, 0).detach())
 
     # Sampling ---------------------------------------------------------------------------------------
-    def bind(
-        self,
-        obs: torch.Tensor,
-        goal: torch.Tensor,
-        sigmas: torch.Tensor | None = None,
-        *,
-        use_cache: bool = True,
-    ) -> Callable[..., torch.Tensor]:
+    def bind(self, obs: torch.Tensor, goal: torch.Tensor) -> Callable[..., torch.Tensor]:
         """A k-diffusion-style ``model(x, sigma)`` for ``mode_policy.diffusion.sample``."""
-        del sigmas, use_cache  # nothing to cache without experts
         return lambda x, sigma: self(x, sigma, obs, goal)
 
     @torch.no_grad()
@@ -151,18 +143,26 @@ class EDMDenoiser(nn.Module):
         *,
         method: str = "ddim",
         generator: torch.Generator | None = None,
-        use_cache: bool = True,
     ) -> torch.Tensor:
         """Sample an action chunk (batch, chunk, action_dim) from noise at sigmas[0]."""
-        reference = self.network.head.weight
-        batch = obs.shape[0]
+        return self._sample(self.bind(obs, goal), obs.shape[0], sigmas, method, generator)
+
+    def _sample(
+        self,
+        model: Callable[..., torch.Tensor],
+        batch: int,
+        sigmas: torch.Tensor,
+        method: str,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Run ``model`` through the sampler from fresh noise; (batch, chunk, action_dim)."""
+        reference = next(self.network.parameters())  # the device and dtype to sample on
         shape = (batch, self.config.chunk_size, self.config.action_dim)
         sigmas = torch.as_tensor(sigmas, dtype=reference.dtype, device=reference.device)
         x = (
             torch.randn(shape, generator=generator, device=reference.device, dtype=reference.dtype)
             * sigmas[0]
         )
-        model = self.bind(obs, goal, sigmas, use_cache=use_cache and self.config.cacheable)
         return sample(model, x, sigmas, method=method, generator=generator)
 
     # Bookkeeping ------------------------------------------------------------------------------------

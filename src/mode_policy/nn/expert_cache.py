@@ -30,6 +30,12 @@ class ExpertCacheError(RuntimeError):
     """Raised when an expert cache cannot be built or used as asked."""
 
 
+def can_cache_experts(denoiser: torch.nn.Module) -> bool:
+    """Whether ``denoiser`` has an expert cache: a MoDE denoiser whose routing is known before the
+    observation (every variant but token routing). The CNN baseline has none."""
+    return callable(getattr(denoiser, "cache_experts", None)) and bool(denoiser.config.cacheable)
+
+
 class ExpertCache:
     """Per-step routing of a MoDE network for one sampler schedule.
 
@@ -45,9 +51,9 @@ class ExpertCache:
         config = network.config
         if not config.cacheable:
             raise ExpertCacheError(
-                f"cannot cache experts of a model with router_input={config.router_input!r}: "
-                "its experts depend on each token's content, so they are not known before the observation "
-                "arrives. Sample without a cache (use_cache=False), or train a sigma-routed model "
+                f"cannot cache experts of a model with router_input={config.router_input!r}: its experts "
+                f"depend on {config.routing.describe}, which is not known before the observation arrives. "
+                "Sample without a cache (use_cache=False), or train a sigma-routed model "
                 "(router_input='sigma')."
             )
         sigmas = torch.as_tensor(sigmas).detach()
@@ -91,17 +97,12 @@ class ExpertCache:
             else network.goal_proj(goal.to(reference.device, reference.dtype)).unsqueeze(0)
         )
         route_context = network.route_context(sigma_embedding, c_noise, goal_tokens)  # (steps or 1, ...)
-        per_layer: list[list[CachedRoute | None]] = []
-        for block in network.blocks:
-            if block.moe.routing == "fixed" or block.moe.experts is None:
-                per_layer.append([None] * self.num_steps)
-                continue
-            routing = block.moe.route_rows(route_context)
-            # One host transfer per layer at build time; none at inference.
-            ids, weights = routing.expert_ids.tolist(), routing.expert_weights.tolist()
-            if len(ids) == 1:  # task routing ignores sigma: the same experts at every step
-                ids, weights = ids * self.num_steps, weights * self.num_steps
-            per_layer.append([CachedRoute(tuple(i), tuple(w)) for i, w in zip(ids, weights, strict=True)])
+        per_layer: list[list[CachedRoute | None]] = [
+            [None] * self.num_steps
+            if block.moe.dense is not None
+            else network.routing.cached_routes(block.moe, route_context, self.num_steps)
+            for block in network.blocks
+        ]
         return [
             CachedStep(sigma_embedding[j : j + 1].clone(), tuple(layer[j] for layer in per_layer))
             for j in range(self.num_steps)

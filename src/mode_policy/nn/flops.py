@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_fl
 
 from mode_policy.diffusion.samplers import model_evaluations
 from mode_policy.nn.config import MoDEConfig
+from mode_policy.nn.expert_cache import can_cache_experts
 
 
 def _register_missing_formulas() -> None:
@@ -61,7 +62,10 @@ def count_chunk_macs(
     method: str = "ddim",
     use_cache: bool = True,
 ) -> ChunkCost:
-    """Run the sampler once under torch's FlopCounterMode and return the MACs it performed."""
+    """Run the sampler once under torch's FlopCounterMode and return the MACs it performed.
+
+    ``use_cache``: with the expert cache, for denoisers that have one (``can_cache_experts``).
+    """
     config: MoDEConfig = denoiser.config
     reference = next(denoiser.parameters())
     make = {"device": reference.device, "dtype": reference.dtype}
@@ -69,12 +73,12 @@ def count_chunk_macs(
     goal = torch.zeros(batch_size, config.num_goal_tokens, config.goal_dim, **make)
     was_training = denoiser.training
     denoiser.eval()
-    use_cache = use_cache and denoiser.config.cacheable
-    if use_cache:  # built outside the counter: it is paid once per schedule, not per chunk
+    options = {"use_cache": use_cache} if can_cache_experts(denoiser) else {}  # the cache where there is one
+    if options.get("use_cache"):  # built outside the counter: it is paid once per schedule, not per chunk
         denoiser.cache_experts(sigmas)
     counter = FlopCounterMode(display=False)
     with counter:
-        denoiser.sample_actions(obs, goal, sigmas, method=method, use_cache=use_cache)
+        denoiser.sample_actions(obs, goal, sigmas, method=method, **options)
     denoiser.train(was_training)
     by_operator = {str(op): flops // 2 for op, flops in counter.get_flop_counts()["Global"].items()}
     steps = len(sigmas) - 1

@@ -79,21 +79,16 @@ class MoDETransformer(nn.Module):
         self.blocks = nn.ModuleList(MoDEBlock(config) for _ in range(config.depth))
         self.final_norm = nn.RMSNorm(dim)
         self.head = nn.Linear(dim, config.action_dim)
-        if config.router_input == "stage":
-            # Compared with c_noise = ln(sigma)/4, computed by the same ops as the preconditioning.
-            boundaries = torch.tensor(config.stage_boundaries, dtype=torch.float64).log() / 4
-            self.register_buffer("stage_c_noise_boundaries", boundaries.float(), persistent=False)
+        self.routing = config.routing(config)  # what the routers look at (mode_policy.nn.moe.routing)
+        self.routing.attach(self)
 
     def routing_parameters(self) -> list[nn.Parameter]:
         """The parameters that decide which experts run at a given sigma (what an expert cache depends on)."""
         params = list(self.sigma_embedding.parameters())
-        if self.config.routing_uses_goal:
-            params.extend(self.goal_proj.parameters())
+        if not self.config.is_dense:
+            params.extend(self.routing.context_parameters(self))
         for block in self.blocks:
-            if block.moe.router is not None:
-                params.extend(block.moe.router.parameters())
-            if block.moe.routing == "fixed" and block.moe.experts is not None:
-                params.append(block.moe.fixed_weights)
+            params.extend(block.moe.routing_parameters())
         return params
 
     def route_context(
@@ -102,18 +97,12 @@ class MoDETransformer(nn.Module):
         """What the routers look at, one row per sample (or a single shared row).
 
         sigma_embedding: (rows, D) phi(sigma); c_noise: (rows,); goal_tokens: (batch, goal_tokens, D)
-        projected goal. Returns (rows, D) router input, (rows,) long stage ids, or None (token, fixed, dense).
+        projected goal. Returns the strategy's context ((rows, D), or (rows,) stage ids), or None for a
+        dense model and for strategies that need none (token, fixed).
         """
-        routing = self.config.router_input
-        if self.config.is_dense or routing in ("token", "fixed"):
+        if self.config.is_dense:
             return None
-        if routing == "sigma":
-            return sigma_embedding
-        if routing == "stage":
-            # Stage s owns sigma in [boundary_s, boundary_{s-1}); stage 0 is the noisiest.
-            return (c_noise.reshape(-1, 1) < self.stage_c_noise_boundaries.to(c_noise.dtype)).sum(dim=-1)
-        goal_feature = goal_tokens.mean(dim=1)  # (batch, D)
-        return goal_feature if routing == "task" else sigma_embedding + goal_feature
+        return self.routing.context(self, sigma_embedding, c_noise, goal_tokens)
 
     def forward(
         self,

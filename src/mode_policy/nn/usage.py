@@ -7,6 +7,12 @@ from pathlib import Path
 import torch
 
 from mode_policy.nn.denoiser import MoDEDenoiser
+from mode_policy.nn.moe.layer import MoELayer
+
+
+def routed_layers(denoiser: torch.nn.Module) -> list[MoELayer]:
+    """The MoE layers of a denoiser that route between experts (none for a dense model or the CNN)."""
+    return [m for m in denoiser.modules() if isinstance(m, MoELayer) and m.experts is not None]
 
 
 @torch.no_grad()
@@ -24,7 +30,7 @@ def expert_usage(
     Runs the sampler once, uncached, so that every routing variant (token routing included) is measured
     the same way; rows sum to 1. A dense model has no routed layers (the middle dimension is 0).
     """
-    layers = [block.moe for block in denoiser.network.blocks if block.moe.experts is not None]
+    layers = routed_layers(denoiser)
     was_training = denoiser.training
     denoiser.eval()
     for layer in layers:

@@ -1,21 +1,24 @@
-"""What every policy shares: the receding-horizon action queue, eval-mode sampling, the saved layout, the
-language encoder and normaliser set-up, and the checks of its observations (``mode_policy.policies.inputs``).
+"""What every policy shares: the receding horizon (``select_action``), eval-mode sampling, the saved layout
+(``save_pretrained`` / ``from_pretrained`` with the stats check), the language encoder and normaliser
+set-up, and the checks of its observations (``mode_policy.policies.inputs``).
 
-A subclass sets ``config`` (with ``n_obs_steps``, ``n_action_steps``, ``state_dim``), says which features it
-reads (``observation_keys``), calls ``_language_encoder``, ``_init_normalization`` and ``_init_queues`` in
-its ``__init__``, and provides ``predict_action_chunk(obs, generator=...)``.
+A policy type is a subclass registered with ``@register_policy("name")`` (``mode_policy.policies.registry``)
+whose ``config_class`` is a PolicyConfig subclass. Its ``__init__(config, dataset_stats=None, *,
+language_encoder=None)`` calls ``super().__init__(config, language_encoder)`` and
+``_init_normalization(dataset_stats)``; it provides
+``predict_action_chunk(obs, *, generator=None)`` and, to be trained by ``mode-policy train``,
+``compute_loss(batch) -> (loss, logs)``. docs/ARCHITECTURE.md walks through an example.
 Saved policies are a directory of config.json (written last: a directory with one is complete),
 model.safetensors and stats.json.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,10 +33,12 @@ from mode_policy.io import (
     read_json,
     state_dict_mismatch,
 )
-from mode_policy.keys import STATE_KEY, TASK_KEY
+from mode_policy.keys import ACTION_KEY, STATE_KEY, TASK_KEY
 from mode_policy.nn.encoders.language import LanguageEncoder, make_language_encoder
+from mode_policy.policies.config import PolicyConfig
 from mode_policy.policies.inputs import image_input, state_input
 from mode_policy.policies.normalizer import Normalizer
+from mode_policy.policies.queue import RecedingHorizon
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -41,9 +46,20 @@ STATS_FILE = "stats.json"
 
 
 class ChunkingPolicy(nn.Module):
-    """Base class of MoDEPolicy and VDDPolicy (``name`` is used in messages)."""
+    """Base class of every policy type (MoDEPolicy, VDDPolicy, ...); ``name`` is its registry name."""
 
-    name = "policy"
+    name: ClassVar[str] = "policy"
+    config_class: ClassVar[type[PolicyConfig]] = PolicyConfig
+    made_by: ClassVar[str] = "mode-policy train"  # how a user makes one (for messages)
+
+    def __init__(self, config: PolicyConfig, language_encoder: LanguageEncoder | None = None) -> None:
+        """Validate ``config`` and build (or take, if shared) its language encoder; subclasses then call
+        ``_init_normalization`` and build their model."""
+        super().__init__()
+        config.validate()
+        self.language_encoder = self._language_encoder(config, language_encoder)
+        self.config = config
+        self._horizon: RecedingHorizon | None = None  # select_action's state, made on first use
 
     @staticmethod
     def _language_encoder(config: Any, encoder: LanguageEncoder | None) -> LanguageEncoder:
@@ -59,29 +75,31 @@ class ChunkingPolicy(nn.Module):
             )
         return encoder
 
-    def _init_normalization(
-        self,
-        dataset_stats: Mapping[str, Mapping[str, Any]] | None,
-        mapping: Mapping[str, str],
-        shapes: Mapping[str, int],
-    ) -> None:
-        """The Normalizer of the features in ``mapping``, and their stats kept JSON-ready (numpy arrays ->
-        lists) as ``dataset_stats``, which save_pretrained writes to stats.json."""
+    def _init_normalization(self, dataset_stats: Mapping[str, Mapping[str, Any]] | None) -> None:
+        """The Normalizer of ``config.normalized_features``, and their stats kept JSON-ready (numpy arrays
+        -> lists) as ``dataset_stats``, which save_pretrained writes to stats.json."""
+        config = self.config
+        mapping = {feature: config.normalization_mapping[feature] for feature in config.normalized_features}
         self.dataset_stats = None if dataset_stats is None else {
             feature: {name: np.asarray(value).tolist() for name, value in dataset_stats[feature].items()}
             for feature in mapping
             if feature in dataset_stats
         }  # fmt: skip
+        shapes = {STATE_KEY: config.state_dim, ACTION_KEY: config.action_dim}
         self.normalizer = Normalizer(dataset_stats, mapping, shapes=shapes)
-
-    def _init_queues(self, n_obs_steps: int) -> None:
-        self._obs_queue: collections.deque[dict[str, torch.Tensor]] = collections.deque(maxlen=n_obs_steps)
-        self._action_queue: collections.deque[torch.Tensor] = collections.deque()
 
     @property
     def observation_keys(self) -> list[str]:
-        """The observation features this policy reads (``observation.state``, camera keys)."""
-        raise NotImplementedError
+        """The observation features this policy reads (``config.observation_keys``)."""
+        return self.config.observation_keys
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
 
     def _observation(self, obs: Mapping[str, Any], *, history: bool) -> dict[str, torch.Tensor]:
         """Each feature of ``observation_keys``, checked, on the policy's device: with ``history`` the
@@ -111,41 +129,28 @@ class ChunkingPolicy(nn.Module):
 
     @torch.no_grad()
     def select_action(
-        self, obs: Mapping[str, Any], *, generator: torch.Generator | None = None
+        self, obs: Mapping[str, Any], *, generator: torch.Generator | None = None, **options: Any
     ) -> torch.Tensor:
         """One environment step: (B, action_dim) in the data's units.
 
         obs: the current step's observation (``observation.state`` (B, state_dim), cameras) and ``task``.
         Keeps the last n_obs_steps observations (after ``reset`` the first one fills the history) and a
-        queue of actions: when the queue is empty a chunk is predicted and its first n_action_steps
-        actions are queued, so the model runs once every n_action_steps calls. Call ``reset()`` at every
-        episode start.
+        queue of actions (``mode_policy.policies.queue``): when the queue is empty a chunk is predicted
+        (``options`` go to ``predict_action_chunk``) and its first n_action_steps actions are queued, so
+        the model runs once every n_action_steps calls. Call ``reset()`` at every episode start.
         """
-        config = self.config
-        current = self._observation(obs, history=False)  # {key: (B, ...)}
-        size = next(iter(current.values())).shape[0]
-        if self._obs_queue:
-            previous = next(iter(self._obs_queue[-1].values())).shape[0]
-            if previous != size:
-                raise ValueError(
-                    f"batch size changed from {previous} to {size} within an episode; call policy.reset() "
-                    "before starting new episodes"
-                )
-        if not self._obs_queue:
-            self._obs_queue.extend([current] * config.n_obs_steps)
-        else:
-            self._obs_queue.append(current)
-        if not self._action_queue:
-            # (B, n_obs_steps, ...) per key
-            history = {key: torch.stack([o[key] for o in self._obs_queue], dim=1) for key in current}
-            chunk = self.predict_action_chunk({**history, TASK_KEY: obs.get(TASK_KEY)}, generator=generator)
-            self._action_queue.extend(chunk[:, : config.n_action_steps].unbind(dim=1))
-        return self._action_queue.popleft()
+        if self._horizon is None:
+            self._horizon = RecedingHorizon(self.config.n_obs_steps, self.config.n_action_steps)
+        self._horizon.observe(self._observation(obs, history=False))
+        if self._horizon.needs_chunk:
+            history = {**self._horizon.history(), TASK_KEY: obs.get(TASK_KEY)}
+            self._horizon.queue(self.predict_action_chunk(history, generator=generator, **options))
+        return self._horizon.pop()
 
     def reset(self) -> None:
         """Forget the observation history and the queued actions (call at every episode start)."""
-        self._obs_queue.clear()
-        self._action_queue.clear()
+        if self._horizon is not None:
+            self._horizon.reset()
 
     @contextlib.contextmanager
     def _eval_mode(self) -> Iterator[None]:
@@ -171,6 +176,39 @@ class ChunkingPolicy(nn.Module):
         atomic_write_text(directory / STATS_FILE, json.dumps(self.dataset_stats or {}, indent=2) + "\n")
         self.config.save(directory / CONFIG_FILE)  # last: a directory with a config.json is complete
         return directory
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        language_encoder: LanguageEncoder | None = None,
+    ) -> ChunkingPolicy:
+        """Rebuild a policy written by ``save_pretrained``, in eval mode, on ``device``.
+
+        Its stats.json and the normaliser saved in model.safetensors must agree: a folder whose files come
+        from different saves is refused.
+        """
+        directory, stats = cls._read_saved(directory)
+        config = cls.config_class.load(directory / CONFIG_FILE)
+        try:
+            policy = cls(config, stats or None, language_encoder=language_encoder)
+        except (KeyError, ValueError) as error:
+            message = error.args[0] if isinstance(error, KeyError) and error.args else error
+            raise ValueError(
+                f"{directory / STATS_FILE} does not fit {directory / CONFIG_FILE}: {message}"
+            ) from None
+        expected = {k: v.clone() for k, v in policy.normalizer.state_dict().items()} if stats else {}
+        policy._load_weights(directory)
+        loaded = policy.normalizer.state_dict()
+        for key, value in expected.items():
+            if not torch.allclose(value, loaded[key], rtol=1e-5, atol=1e-6, equal_nan=True):
+                raise ValueError(
+                    f"{directory / STATS_FILE} disagrees with the normaliser saved in "
+                    f"{directory / WEIGHTS_FILE} ({key}); was one of them replaced after saving?"
+                )
+        return policy.to(device).eval()
 
     @classmethod
     def _read_saved(cls, directory: str | Path) -> tuple[Path, dict]:

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar, WeightAveraging
 
 from mode_policy.io import atomic_write_text
+from mode_policy.policies.folders import POLICY_SUBDIR
 
 
 def ema_multi_avg_fn(decay: float):
@@ -165,7 +166,7 @@ class ExportOnTrainEnd(L.Callback):
 
         seconds = time.perf_counter() - self._start_time
         steps = trainer.global_step - self._start_step
-        pl_module.policy.save_pretrained(self.run_dir / "policy")
+        pl_module.policy.save_pretrained(self.run_dir / POLICY_SUBDIR)
         rows = self.history.rows
         if rows:
             write_metrics_csv(rows, self.run_dir / "metrics.csv")

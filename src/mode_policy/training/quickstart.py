@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from mode_policy.io import check_output_dir
+from mode_policy.policies.folders import CHECKPOINT
 
 # Fractions of the total budget (the rest trains); collection and evaluation scale with these counts.
 COLLECT_EPISODES_PER_TASK = 40
@@ -50,7 +51,7 @@ def quickstart(
     out/data is the LeRobot dataset, out/run the training run (policy in out/run/policy), results in
     out/run/eval/. Reuses out/data when it is already complete.
     """
-    from mode_policy.data.collect import collect_demonstrations
+    from mode_policy.envs.collect import collect_demonstrations
     from mode_policy.evaluation.rollout import evaluate
     from mode_policy.training.train import train
 
@@ -59,7 +60,7 @@ def quickstart(
     started = time.perf_counter()
     out = check_output_dir(out, option="--out", owned=("data", "run", "quickstart.json"), what="quickstart")
     data_dir, run_dir = out / "data", out / "run"
-    if (run_dir / "checkpoints" / "last.ckpt").exists():
+    if (run_dir / CHECKPOINT).exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass another --out or delete it")
     budget = 60.0 * minutes
     _say(progress, f"[quickstart] budget {minutes:g} min: collect MT10 demos, train, evaluate")
@@ -113,12 +114,11 @@ def _probe_steps_per_second(data_dir: Path, overrides: dict[str, Any], batch_siz
 
     from mode_policy.data.lerobot import LeRobotDataset
     from mode_policy.data.windows import ActionChunkDataset
-    from mode_policy.policies.modeling_mode import MoDEPolicy
-    from mode_policy.training.policy_factory import policy_config_for
+    from mode_policy.policies import MoDEPolicy, MoDEPolicyConfig
 
     torch.manual_seed(seed)
     dataset = LeRobotDataset(data_dir)
-    config = policy_config_for(dataset, overrides)
+    config = MoDEPolicyConfig.for_dataset(dataset, overrides)
     policy = MoDEPolicy(config, dataset.stats)
     windows = ActionChunkDataset(dataset, n_obs_steps=config.n_obs_steps, chunk_size=config.chunk_size)
     loader = iter(DataLoader(windows, batch_size=batch_size, shuffle=True))

@@ -2,23 +2,22 @@
 
 The interface fields (``action_dim`` ... ``num_goal_tokens``, ``sigma_data``, ``goal_dropout``) mean the
 same as in :class:`mode_policy.nn.config.MoDEConfig`, so a policy can swap one denoiser for the other.
-The saved JSON carries ``"kind": "cnn"`` so that a loader can tell a CNN checkpoint from a MoDE one.
+The saved JSON carries ``"kind": "cnn"`` so that a loader can tell a CNN checkpoint from a MoDE one
+(``mode_policy.nn.registry``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-from mode_policy.config_io import JSONConfig, check_field_types, check_known_keys, check_positive_int
+from mode_policy.config_io import TaggedConfig, check_known_keys, check_positive_int
 from mode_policy.nn.config import INTERFACE_FIELDS, MoDEConfig
-
-KIND_KEY = "kind"
 
 
 @dataclass
-class CNNDenoiserConfig(JSONConfig):
+class CNNDenoiserConfig(TaggedConfig):
     """Chi et al. (2023) Diffusion Policy's 1-D temporal U-Net with FiLM conditioning, under EDM.
 
     ``down_dims``: channels of each U-Net level (the first level keeps the chunk's length, each further
@@ -33,7 +32,9 @@ class CNNDenoiserConfig(JSONConfig):
     ``goal_dropout``: dropout on the goal features in training (as MoDE drops its goal token's features).
     """
 
-    kind: ClassVar[str] = "cnn"
+    describe: ClassVar[str] = "CNN denoiser"
+
+    tag_key: ClassVar[str] = "kind"
 
     # Interface: what goes in and comes out (same meaning as MoDEConfig).
     action_dim: int = 4
@@ -92,16 +93,6 @@ class CNNDenoiserConfig(JSONConfig):
 
     # Derived quantities -------------------------------------------------------------------------------
     @property
-    def cacheable(self) -> bool:
-        """Always False: a CNN has no experts, so there is nothing to cache per sampler step."""
-        return False
-
-    @property
-    def is_dense(self) -> bool:
-        """Always True: every parameter runs for every input."""
-        return True
-
-    @property
     def downsample_factor(self) -> int:
         """How much the deepest U-Net level shortens the chunk: ``2 ** (len(down_dims) - 1)``."""
         return 2 ** (len(self.down_dims) - 1)
@@ -117,29 +108,21 @@ class CNNDenoiserConfig(JSONConfig):
         """Flattened observation and goal features, the non-noise part of the FiLM condition."""
         return self.num_obs_tokens * self.obs_dim + self.num_goal_tokens * self.goal_dim
 
-    # Serialisation ------------------------------------------------------------------------------------
+    # Serialisation ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """The fields (``down_dims`` as a list, as JSON has it) plus ``"kind": "cnn"``."""
-        values = asdict(self)
+        """The fields (``down_dims`` as a list, as JSON has it) and ``"kind": "cnn"``."""
+        values = super().to_dict()
         values["down_dims"] = list(self.down_dims)
-        return {KIND_KEY: self.kind, **values}
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CNNDenoiserConfig:
-        """Build from ``to_dict`` output; ``"kind"`` may be left out but must be ``"cnn"`` when present."""
-        values = dict(values)
-        kind = values.pop(KIND_KEY, cls.kind)
-        if kind != cls.kind:
-            raise ValueError(
-                f"this config is for a denoiser of kind {kind!r}, not {cls.kind!r}; load it with that "
-                "denoiser's class (or mode_policy.nn.cnn.load_denoiser, which picks the class)"
-            )
-        hint = ""
-        if set(values) - {f.name for f in fields(cls)} <= {f.name for f in fields(MoDEConfig)}:
+        """Build from ``to_dict`` output; a MoDE transformer's fields are pointed out as such."""
+        own = {f.name for f in fields(cls)} | {cls.tag_key}
+        if set(values) - own and set(values) - own <= {f.name for f in fields(MoDEConfig)}:
             hint = (
                 " (they are MoDEConfig fields: this looks like a MoDE transformer config; load it with "
-                "MoDEDenoiser.from_pretrained or mode_policy.nn.cnn.load_denoiser)"
+                "MoDEDenoiser.from_pretrained or mode_policy.nn.load_denoiser)"
             )
-        check_known_keys(cls, values, extra=(KIND_KEY,), hint=hint)
-        check_field_types(cls, values)
-        return cls(**values)
+            check_known_keys(cls, values, extra=(cls.tag_key,), hint=hint)
+        return super().from_dict(values)

@@ -13,20 +13,21 @@ from_pretrained), so ``mode_policy.evaluation.evaluate`` runs it unchanged. Acti
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from mode_policy.distill.configuration_vdd import VDDPolicyConfig
-from mode_policy.distill.mixture import MixtureParams
-from mode_policy.distill.network import VDDNetwork
 from mode_policy.keys import ACTION_KEY, STATE_KEY
 from mode_policy.nn.encoders.language import LanguageEncoder
-from mode_policy.policies.base import CONFIG_FILE, ChunkingPolicy
+from mode_policy.policies.base import ChunkingPolicy
 from mode_policy.policies.inputs import instructions
+from mode_policy.policies.registry import register_policy
+from mode_policy.policies.vdd.configuration import VDDPolicyConfig
+from mode_policy.policies.vdd.mixture import MixtureParams
+from mode_policy.policies.vdd.network import VDDNetwork
 
 
+@register_policy("vdd")
 class VDDPolicy(ChunkingPolicy):
     """A language-conditioned Gaussian-mixture policy over state observations (a distilled student).
 
@@ -34,7 +35,8 @@ class VDDPolicy(ChunkingPolicy):
     from_pretrained). language_encoder: an already built encoder (e.g. the teacher's) of the right dim.
     """
 
-    name = "vdd"
+    config_class = VDDPolicyConfig
+    made_by = "mode-policy distill --teacher RUN"
 
     def __init__(
         self,
@@ -43,15 +45,9 @@ class VDDPolicy(ChunkingPolicy):
         *,
         language_encoder: LanguageEncoder | None = None,
     ) -> None:
-        super().__init__()
-        config.validate()
-        language_encoder = self._language_encoder(config, language_encoder)
-        self.config = config
-        self.language_encoder = language_encoder
-        shapes = {STATE_KEY: config.state_dim, ACTION_KEY: config.action_dim}
-        self._init_normalization(dataset_stats, config.normalization_mapping, shapes)
-        self.network = VDDNetwork(config, language_encoder.dim)
-        self._init_queues(config.n_obs_steps)
+        super().__init__(config, language_encoder)
+        self._init_normalization(dataset_stats)
+        self.network = VDDNetwork(config, self.language_encoder.dim)
 
     @classmethod
     def from_teacher(cls, teacher: Any, **overrides: Any) -> VDDPolicy:
@@ -61,19 +57,6 @@ class VDDPolicy(ChunkingPolicy):
         return student.to(teacher.device)
 
     # Properties -----------------------------------------------------------------------------------------
-    @property
-    def observation_keys(self) -> list[str]:
-        """The state alone: the student reads what a state-based teacher reads."""
-        return [STATE_KEY]
-
-    @property
-    def device(self) -> torch.device:
-        return self.network.mean_head.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.network.mean_head.weight.dtype
-
     def parameter_counts(self) -> dict[str, int]:
         """Student parameters (all active at every call; the frozen language encoder is not counted)."""
         total = sum(p.numel() for p in self.network.parameters())
@@ -115,19 +98,3 @@ class VDDPolicy(ChunkingPolicy):
         if config.clip_sample and config.normalization_mapping[ACTION_KEY] == "min_max":
             actions = actions.clamp(-1.0, 1.0)  # the data lie in [-1, 1] after min_max
         return self._checked_actions(self.normalizer.unnormalize(ACTION_KEY, actions))
-
-    # Loading --------------------------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(
-        cls,
-        directory: str | Path,
-        *,
-        device: str | torch.device = "cpu",
-        language_encoder: LanguageEncoder | None = None,
-    ) -> VDDPolicy:
-        """Rebuild a student written by ``save_pretrained``, in eval mode, on ``device``."""
-        directory, stats = cls._read_saved(directory)
-        config = VDDPolicyConfig.load(directory / CONFIG_FILE)
-        policy = cls(config, stats or None, language_encoder=language_encoder)
-        policy._load_weights(directory)
-        return policy.to(device).eval()

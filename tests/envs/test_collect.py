@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from mode_policy.cli import main
-from mode_policy.data.collect import collect_demonstrations
 from mode_policy.data.lerobot import LeRobotDataset
+from mode_policy.envs.collect import collect_demonstrations
 from mode_policy.envs.instructions import INSTRUCTIONS
 from mode_policy.envs.metaworld import MAX_EPISODE_STEPS
 

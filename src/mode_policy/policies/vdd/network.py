@@ -14,8 +14,8 @@ import math
 import torch
 from torch import nn
 
-from mode_policy.distill.configuration_vdd import VDDPolicyConfig
-from mode_policy.distill.mixture import MixtureParams
+from mode_policy.policies.vdd.configuration import VDDPolicyConfig
+from mode_policy.policies.vdd.mixture import MixtureParams
 
 
 class VDDNetwork(nn.Module):

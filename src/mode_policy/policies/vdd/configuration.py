@@ -3,29 +3,21 @@
 config = VDDPolicyConfig.from_teacher(teacher.config, num_experts=4)
 config.save("run/policy/config.json"); VDDPolicyConfig.load("run/policy/config.json")
 
-The observation/action layout, language encoder and normalisation are copied from the teacher (the student
-reads exactly what the teacher reads); the rest describes the mixture: ``num_experts`` Gaussian experts over
-the whole flattened action chunk (``chunk_size * action_dim`` dimensions), their covariance form, the MLP
-trunk, and how an action is chosen at inference. ``policy_type: "vdd"`` in config.json tells loaders
-(``mode_policy.evaluation.loading``) which class to build; MoDE configs have no such key.
+The observation/action layout, language encoder and normalisation (the PolicyConfig fields) are copied
+from the teacher: the student reads exactly what the teacher reads. The rest describes the mixture:
+``num_experts`` Gaussian experts over the whole flattened action chunk (``chunk_size * action_dim``
+dimensions), their covariance form, the MLP trunk, and how an action is chosen at inference.
+config.json says ``"type": "vdd"`` (students saved before the tag say ``"policy_type": "vdd"``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from mode_policy.config_io import JSONConfig, check_positive_int, read_config_json
-from mode_policy.keys import ACTION_KEY, STATE_KEY
-from mode_policy.nn.encoders.language import known_embedding_dim
-from mode_policy.policies.configuration_mode import (
-    default_normalization,
-    validate_language,
-    validate_normalization,
-)
+from mode_policy.config_io import check_positive_int
+from mode_policy.policies.config import PolicyConfig
 
-POLICY_TYPE = "vdd"
 COVARIANCES = ("full", "diagonal")
 # "mean": sample an expert from the gating, act with its mean (what VDD's released agent does by default).
 # "greedy": the mean of the most likely expert (deterministic). "sample": a full draw from the mixture.
@@ -44,7 +36,7 @@ INTERFACE_FIELDS = (
 
 
 @dataclass
-class VDDPolicyConfig(JSONConfig):
+class VDDPolicyConfig(PolicyConfig):
     """A mixture-of-Gaussian-experts policy pi(a|s) = sum_z q(z|s) N(a; mu_z(s), L_z(s) L_z(s)^T).
 
     Defaults: 4 experts with full (lower-triangular Cholesky) covariances over the 40-d Meta-World chunk
@@ -52,18 +44,8 @@ class VDDPolicyConfig(JSONConfig):
     (detached) features, as in VDD's reference agent.
     """
 
-    policy_type: str = POLICY_TYPE
-    # Observation and action layout (copied from the teacher).
-    state_dim: int = 39
-    action_dim: int = 4
-    n_obs_steps: int = 1
-    chunk_size: int = 10
-    n_action_steps: int = 5
-    language_encoder: str = "minilm"
-    language_encoder_path: str | None = None
-    tasks: list[str] = field(default_factory=list)
-    normalization_mapping: dict[str, str] = field(default_factory=default_normalization)
-    clip_sample: bool = True
+    describe: ClassVar[str] = "VDD student"
+
     # The mixture.
     num_experts: int = 4
     covariance: str = "full"  # "full" (Cholesky, softplus diagonal) or "diagonal" (faster)
@@ -73,24 +55,11 @@ class VDDPolicyConfig(JSONConfig):
     min_std: float = 1e-3  # floor added to the softplus diagonal: keeps log-densities finite
     action_mode: str = "mean"
 
-    def __post_init__(self) -> None:
-        self.validate()
-
     def validate(self) -> None:
         """Check every field; messages name the field and the fix."""
-        if self.policy_type != POLICY_TYPE:
-            raise ValueError(f'VDDPolicyConfig.policy_type must be "{POLICY_TYPE}", got {self.policy_type!r}')
-        for name in ("state_dim", "action_dim", "n_obs_steps", "chunk_size", "n_action_steps"):
-            check_positive_int("VDDPolicyConfig", name, getattr(self, name))
+        super().validate()
         for name in ("num_experts", "hidden_dim", "depth"):
             check_positive_int("VDDPolicyConfig", name, getattr(self, name))
-        if self.n_action_steps > self.chunk_size:
-            raise ValueError(
-                f"VDDPolicyConfig.n_action_steps ({self.n_action_steps}) cannot exceed chunk_size "
-                f"({self.chunk_size}); lower n_action_steps"
-            )
-        validate_language("VDDPolicyConfig", self.language_encoder, self.tasks, self.language_encoder_path)
-        validate_normalization("VDDPolicyConfig", self.normalization_mapping, (STATE_KEY, ACTION_KEY))
         if self.covariance not in COVARIANCES:
             raise ValueError(
                 f"VDDPolicyConfig.covariance must be one of {list(COVARIANCES)}, got {self.covariance!r}"
@@ -107,28 +76,12 @@ class VDDPolicyConfig(JSONConfig):
             raise ValueError(
                 f"VDDPolicyConfig.init_std ({self.init_std}) must exceed min_std ({self.min_std})"
             )
-        if not isinstance(self.clip_sample, bool):
-            raise ValueError(f"VDDPolicyConfig.clip_sample must be true or false, got {self.clip_sample!r}")
 
     # Derived --------------------------------------------------------------------------------------------
     @property
     def flat_action_dim(self) -> int:
         """Dimensions of one expert Gaussian: the whole chunk, flattened (chunk_size * action_dim)."""
         return self.chunk_size * self.action_dim
-
-    @property
-    def goal_dim(self) -> int | None:
-        """Size of the instruction embedding, when known without loading the encoder."""
-        return known_embedding_dim(self.language_encoder, self.tasks, self.language_encoder_path)
-
-    @property
-    def use_expert_cache(self) -> bool:
-        """Always False: a one-step student has no sampler schedule to cache (read by ``evaluate``)."""
-        return False
-
-    @use_expert_cache.setter
-    def use_expert_cache(self, value: bool) -> None:
-        del value  # evaluate() toggles it for MoDE policies; nothing to do here
 
     # Construction from a teacher -------------------------------------------------------------------------
     @classmethod
@@ -147,18 +100,3 @@ class VDDPolicyConfig(JSONConfig):
                 )
         values.update(overrides)
         return cls.from_dict(values)
-
-    # Serialisation ----------------------------------------------------------------------------------------
-    @classmethod
-    def load(cls, path: str | Path) -> VDDPolicyConfig:
-        values = read_config_json(path, "VDDPolicy", "save_pretrained()")
-        if values.get("policy_type") != POLICY_TYPE:
-            raise ValueError(
-                f"{path} is not a VDD student (policy_type is {values.get('policy_type')!r}, expected "
-                f'"{POLICY_TYPE}"); load MoDE policies with MoDEPolicy.from_pretrained or '
-                "mode_policy.evaluation.loading.load_policy"
-            )
-        try:
-            return cls.from_dict(values)
-        except ValueError as error:
-            raise ValueError(f"{path}: {error}") from None

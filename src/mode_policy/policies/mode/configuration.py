@@ -2,37 +2,33 @@
 
 config = MoDEPolicyConfig(state_dim=39, action_dim=4, language_encoder="onehot", tasks=dataset.tasks)
 config.save("run/config.json"); MoDEPolicyConfig.load("run/config.json")
+config = MoDEPolicyConfig.for_dataset(dataset, {"denoiser.width": 64})   # sizes and tasks from the data
 
-The denoiser's architecture sits in the nested ``denoiser`` (a :class:`MoDEConfig`). Its interface fields
-(``action_dim``, ``chunk_size``, ``obs_dim``, ``num_obs_tokens``, ``num_goal_tokens``, ``goal_dim``) are
-derived from the policy fields, so they are set once, here; values given for them in ``denoiser`` are
-overwritten. ``goal_dim`` follows the language encoder (384 for MiniLM, ``len(tasks)`` for one-hot, the
-checkpoint's projection size for CLIP, filled in when the policy is built).
+The denoiser's architecture sits in the nested ``denoiser``: the config of any registered denoiser kind
+(``mode_policy.nn.registry``: a :class:`MoDEConfig` for MoDE and its routing family, a
+``CNNDenoiserConfig`` for the CNN baseline). Its interface fields (``action_dim``, ``chunk_size``,
+``obs_dim``, ``num_obs_tokens``, ``num_goal_tokens``, ``goal_dim``) are derived from the policy fields, so
+they are set once, here; values given for them in ``denoiser`` are overwritten. ``goal_dim`` follows the
+language encoder (384 for MiniLM, ``len(tasks)`` for one-hot, the checkpoint's projection size for CLIP,
+filled in when the policy is built).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar
 
-from mode_policy.config_io import (
-    JSONConfig,
-    check_field_types,
-    check_known_keys,
-    check_positive_int,
-    read_config_json,
-)
+from mode_policy.config_io import check_positive_int
 from mode_policy.diffusion.noise_distributions import make_sigma_distribution
 from mode_policy.diffusion.samplers import SAMPLERS
 from mode_policy.diffusion.schedules import make_schedule
-from mode_policy.keys import ACTION_KEY, IMAGE_KEY_PREFIX, STATE_KEY
-from mode_policy.nn.cnn.config import CNNDenoiserConfig
-from mode_policy.nn.config import MoDEConfig
-from mode_policy.nn.encoders.language import LANGUAGE_ENCODERS, known_embedding_dim
+from mode_policy.keys import ACTION_KEY, STATE_KEY
+from mode_policy.nn.config import INTERFACE_FIELDS, MoDEConfig
 from mode_policy.nn.encoders.resnet import ARCHITECTURES, NORMS
 from mode_policy.nn.encoders.vision import MIN_FEATURE_MAP, POOLS, feature_map_size, smallest_image_size
-from mode_policy.policies.normalizer import NORMALIZATION_MODES
+from mode_policy.nn.registry import DENOISERS, KIND_KEY, denoiser_config_from_dict
+from mode_policy.policies.config import PolicyConfig, dataset_layout
 
 
 def default_denoiser() -> MoDEConfig:
@@ -40,12 +36,8 @@ def default_denoiser() -> MoDEConfig:
     return MoDEConfig(width=128, depth=4, heads=4, num_experts=4, top_k=2)
 
 
-def default_normalization() -> dict[str, str]:
-    return {STATE_KEY: "mean_std", ACTION_KEY: "min_max"}
-
-
 @dataclass
-class MoDEPolicyConfig(JSONConfig):
+class MoDEPolicyConfig(PolicyConfig):
     """A MoDE policy: observation/action layout, language conditioning, denoiser, training noise, sampler.
 
     Defaults target state-based Meta-World (39-d state, 4-d action in [-1, 1]) on a CPU: a width-128,
@@ -54,23 +46,12 @@ class MoDEPolicyConfig(JSONConfig):
     to 0.05 (``num_inference_steps=5, sigma_min=1.0`` reproduces the MoDE release's evaluation setting).
     """
 
-    # Observation and action layout.
-    state_dim: int = 39
-    action_dim: int = 4
-    n_obs_steps: int = 1  # states in the observation history, one token each
-    chunk_size: int = 10  # actions predicted per model call
-    n_action_steps: int = 5  # of which executed before predicting again (receding horizon)
-    # Language conditioning: "minilm" (offline all-MiniLM-L6-v2), "onehot" (needs tasks), "clip" (needs path).
-    language_encoder: str = "minilm"
-    language_encoder_path: str | None = None
-    tasks: list[str] = field(default_factory=list)
-    # Normalisation per feature: "mean_std", "min_max" (to [-1, 1]) or "identity".
-    normalization_mapping: dict[str, str] = field(default_factory=default_normalization)
-    # Clamp sampled actions to the data range before unnormalising (applies when actions are "min_max").
-    clip_sample: bool = True
-    # The denoiser's architecture; its interface fields are derived (module docstring). A MoDEConfig covers
-    # MoDE and every routing variant (README "Routing variants"); a CNNDenoiserConfig is the CNN baseline.
-    denoiser: MoDEConfig | CNNDenoiserConfig = field(default_factory=default_denoiser)
+    describe: ClassVar[str] = "MoDE policy"
+
+    # Layout, language and normalisation: the PolicyConfig fields (mode_policy.policies.config).
+    # The denoiser's architecture, any registered kind; its interface fields are derived (module
+    # docstring). A MoDEConfig covers MoDE and every routing variant (README "Routing variants").
+    denoiser: Any = field(default_factory=default_denoiser)
     # Training noise levels: "loglogistic" (MoDE) or "lognormal" (EDM), with optional parameters.
     training_sigma_distribution: str = "loglogistic"
     training_sigma_params: dict[str, float] = field(default_factory=dict)
@@ -106,23 +87,13 @@ class MoDEPolicyConfig(JSONConfig):
 
         Runs on construction; the policy runs it again, so fields edited afterwards are checked too.
         """
-        for name in ("state_dim", "action_dim", "n_obs_steps", "chunk_size", "n_action_steps"):
-            check_positive_int("MoDEPolicyConfig", name, getattr(self, name))
+        self._validate_vision()  # first: the shared checks read use_state
+        super().validate()
         check_positive_int("MoDEPolicyConfig", "num_inference_steps", self.num_inference_steps)
-        if self.n_action_steps > self.chunk_size:
+        if not isinstance(self.use_expert_cache, bool):
             raise ValueError(
-                f"MoDEPolicyConfig.n_action_steps ({self.n_action_steps}) cannot exceed chunk_size "
-                f"({self.chunk_size}): the policy executes actions from one predicted chunk before "
-                "predicting the next; lower n_action_steps or raise chunk_size"
+                f"MoDEPolicyConfig.use_expert_cache must be true or false, got {self.use_expert_cache!r}"
             )
-        self._validate_language()
-        self._validate_vision()
-        self._validate_normalization()
-        for name in ("clip_sample", "use_expert_cache"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(
-                    f"MoDEPolicyConfig.{name} must be true or false, got {getattr(self, name)!r}"
-                )
         if not isinstance(self.training_sigma_params, dict):
             raise ValueError(
                 "MoDEPolicyConfig.training_sigma_params must be a dict of distribution parameters"
@@ -142,10 +113,11 @@ class MoDEPolicyConfig(JSONConfig):
                 f"MoDEPolicyConfig sampling schedule (schedule, num_inference_steps, sigma_min, sigma_max): "
                 f"{error}"
             ) from None
-        if not isinstance(self.denoiser, (MoDEConfig, CNNDenoiserConfig)):
+        if type(self.denoiser) not in {DENOISERS.get(kind).config_class for kind in DENOISERS.names()}:
             raise ValueError(
-                f"MoDEPolicyConfig.denoiser must be a MoDEConfig or a CNNDenoiserConfig (or a dict of its "
-                f'fields, with "kind": "cnn" for the CNN), got {type(self.denoiser).__name__}'
+                f"MoDEPolicyConfig.denoiser must be the config of a registered denoiser kind "
+                f'({", ".join(DENOISERS.names())}; or a dict of its fields with its "kind"), got '
+                f"{type(self.denoiser).__name__}"
             )
         self.denoiser = replace(
             self.denoiser,
@@ -156,9 +128,6 @@ class MoDEPolicyConfig(JSONConfig):
             num_goal_tokens=1,
             goal_dim=self.goal_dim or self.denoiser.goal_dim,
         )
-
-    def _validate_language(self) -> None:
-        validate_language("MoDEPolicyConfig", self.language_encoder, self.tasks, self.language_encoder_path)
 
     def _validate_vision(self) -> None:
         keys = self.image_keys
@@ -217,11 +186,17 @@ class MoDEPolicyConfig(JSONConfig):
                 f"MoDEPolicyConfig.image_shift must be an integer >= 0, got {self.image_shift!r}"
             )
 
-    def _validate_normalization(self) -> None:
-        features = (STATE_KEY, ACTION_KEY) if self.use_state else (ACTION_KEY,)
-        validate_normalization("MoDEPolicyConfig", self.normalization_mapping, features)
-
     # Derived --------------------------------------------------------------------------------------------
+    @property
+    def normalized_features(self) -> tuple[str, ...]:
+        """Image-only policies (``use_state=False``) neither read nor normalise the state."""
+        return (STATE_KEY, ACTION_KEY) if self.use_state else (ACTION_KEY,)
+
+    @property
+    def observation_keys(self) -> list[str]:
+        """The state (when ``use_state``) and the cameras of ``image_keys``."""
+        return ([STATE_KEY] if self.use_state else []) + list(self.image_keys)
+
     @property
     def tokens_per_step(self) -> int:
         """Observation tokens per history step: one per camera, plus one for the state."""
@@ -239,16 +214,6 @@ class MoDEPolicyConfig(JSONConfig):
             return size, size
         return (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
 
-    @property
-    def cameras(self) -> list[str]:
-        """Simulator camera names: the image keys without the ``observation.images.`` prefix."""
-        return [k.removeprefix(IMAGE_KEY_PREFIX) for k in self.image_keys]
-
-    @property
-    def goal_dim(self) -> int | None:
-        """Size of the instruction embedding, when known without loading the encoder."""
-        return known_embedding_dim(self.language_encoder, self.tasks, self.language_encoder_path)
-
     def sigma_distribution(self):
         """The training noise-level distribution (``.sample(shape, generator=..., device=...)``)."""
         return make_sigma_distribution(self.training_sigma_distribution, **self.training_sigma_params)
@@ -259,76 +224,69 @@ class MoDEPolicyConfig(JSONConfig):
             self.schedule, self.num_inference_steps, self.sigma_min, self.sigma_max, **kwargs
         )
 
-    # Serialisation ----------------------------------------------------------------------------------------
+    # Serialisation and overrides ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        values["denoiser"] = self.denoiser.to_dict()  # the CNN's adds its "kind" marker
+        values = super().to_dict()
+        values["denoiser"] = self.denoiser.to_dict()  # with its "kind"
         return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MoDEPolicyConfig:
-        check_known_keys(cls, values)
-        check_field_types(cls, values)
         values = dict(values)
         if isinstance(values.get("denoiser"), dict):
             values["denoiser"] = _denoiser_from_dict(values["denoiser"])
-        return cls(**values)
+        return super().from_dict(values)
 
     @classmethod
-    def load(cls, path: str | Path) -> MoDEPolicyConfig:
-        values = read_config_json(path, "MoDEPolicy", "save_pretrained()")
-        try:
-            return cls.from_dict(values)
-        except ValueError as error:
-            raise ValueError(f"{path}: {error}") from None
+    def override_keys(cls) -> list[str]:
+        """Policy fields, and ``denoiser.<field>`` of every denoiser kind; ``denoiser.kind=cnn`` swaps the
+        MoDE transformer for the CNN baseline, whose fields (``denoiser.down_dims`` ...) then apply."""
+        top = [name for name in super().override_keys() if name != "denoiser"]
+        names = {f.name for kind in DENOISERS.names() for f in fields(DENOISERS.get(kind).config_class)}
+        nested = [f"denoiser.{name}" for name in names - set(INTERFACE_FIELDS)]
+        return top + sorted([*nested, f"denoiser.{KIND_KEY}"])
+
+    @classmethod
+    def for_dataset(cls, dataset: Any, overrides: Mapping[str, Any] | None = None) -> MoDEPolicyConfig:
+        """Sizes, tasks and camera size from the dataset; ``denoiser.kind`` picks the denoiser."""
+        overrides = dict(overrides or {})
+        image_keys = overrides.get("image_keys") or []
+        image_only = bool(image_keys) and overrides.get("use_state") is False
+        values = cls().to_dict()
+        values.update(dataset_layout(dataset, needs=(ACTION_KEY,) if image_only else (STATE_KEY, ACTION_KEY)))
+        if image_keys:
+            values["image_size"] = _camera_size(dataset, image_keys)
+        kind = overrides.pop(f"denoiser.{KIND_KEY}", values["denoiser"][KIND_KEY])
+        if kind != values["denoiser"][KIND_KEY]:  # another denoiser kind, from its own defaults
+            if kind not in DENOISERS.names():
+                raise ValueError(
+                    f"denoiser.{KIND_KEY} must be one of the registered denoiser kinds "
+                    f"({', '.join(DENOISERS.names())}), got {kind!r}"
+                )
+            values["denoiser"] = DENOISERS.get(kind).config_class().to_dict()
+        for key, value in overrides.items():
+            if key.startswith("denoiser."):
+                values["denoiser"][key.removeprefix("denoiser.")] = value
+            else:
+                values[key] = value
+        return cls.from_dict(values)
 
 
-def _denoiser_from_dict(values: dict[str, Any]) -> MoDEConfig | CNNDenoiserConfig:
+def _camera_size(dataset: Any, image_keys: Any) -> int | list[int]:
+    """The frame size of the dataset's cameras: the simulator renders evaluation frames at that size."""
+    cameras = [k for k, ft in dataset.features.items() if ft.get("dtype") in ("image", "video")]
+    unknown = [k for k in image_keys if k not in cameras] if isinstance(image_keys, list) else image_keys
+    if unknown:
+        raise ValueError(
+            f"image_keys {unknown} are not camera features of the dataset at {dataset.root}; its "
+            f"cameras: {cameras}"
+        )
+    height, width = (int(d) for d in dataset.features[image_keys[0]]["shape"][:2])
+    return height if height == width else [height, width]
+
+
+def _denoiser_from_dict(values: dict[str, Any]) -> Any:
     try:
-        if values.get("kind") == "cnn":
-            return CNNDenoiserConfig.from_dict(values)
-        return MoDEConfig.from_dict(values)
+        return denoiser_config_from_dict(values)
     except ValueError as error:
         raise ValueError(f"MoDEPolicyConfig.denoiser: {error}") from None
-
-
-# Shared with the configs of policies that read what a MoDE policy reads (the VDD student).
-def validate_language(owner: str, encoder: Any, tasks: Any, path: Any) -> None:
-    """Check a language-encoder choice: its name, the task list it may need, a CLIP path."""
-    if encoder not in LANGUAGE_ENCODERS:
-        raise ValueError(
-            f"{owner}.language_encoder must be one of {list(LANGUAGE_ENCODERS)}, got {encoder!r}"
-        )
-    if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
-        raise ValueError(f"{owner}.tasks must be a list of task strings (e.g. dataset.tasks)")
-    if encoder == "onehot":
-        if not tasks:
-            raise ValueError(
-                f"{owner}.language_encoder='onehot' needs tasks=[...] (the instructions, in task_index "
-                "order, e.g. dataset.tasks)"
-            )
-        if len(set(tasks)) != len(tasks):
-            raise ValueError(f"{owner}.tasks must be distinct for the one-hot encoder")
-    if encoder == "clip" and not path:
-        raise ValueError(
-            f"{owner}.language_encoder='clip' needs language_encoder_path=<local directory with CLIP text "
-            "weights and tokenizer>"
-        )
-
-
-def validate_normalization(owner: str, mapping: Any, features: tuple[str, ...]) -> None:
-    """Check a {feature: mode} normalisation mapping: a mode for each of ``features``, all modes known."""
-    if not isinstance(mapping, dict):
-        raise ValueError(f"{owner}.normalization_mapping must be a dict {{feature: mode}}")
-    for feature in features:
-        if feature not in mapping:
-            raise ValueError(
-                f"{owner}.normalization_mapping needs a mode for {feature!r} "
-                f"(one of {list(NORMALIZATION_MODES)})"
-            )
-    for feature, mode in mapping.items():
-        if mode not in NORMALIZATION_MODES:
-            raise ValueError(
-                f"{owner}.normalization_mapping[{feature!r}] must be one of {list(NORMALIZATION_MODES)}, "
-                f"got {mode!r}"
-            )

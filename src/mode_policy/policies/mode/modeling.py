@@ -19,22 +19,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from mode_policy.keys import ACTION_IS_PAD_KEY, ACTION_KEY, STATE_KEY
-from mode_policy.nn.cnn import CNNDenoiser, CNNDenoiserConfig
-from mode_policy.nn.denoiser import MoDEDenoiser
 from mode_policy.nn.encoders.language import LanguageEncoder
 from mode_policy.nn.encoders.vision import VisionEncoder, random_shift
-from mode_policy.policies.base import CONFIG_FILE, STATS_FILE, WEIGHTS_FILE, ChunkingPolicy
-from mode_policy.policies.configuration_mode import MoDEPolicyConfig
+from mode_policy.nn.expert_cache import can_cache_experts
+from mode_policy.nn.registry import denoiser_class_for
+from mode_policy.policies.base import ChunkingPolicy
 from mode_policy.policies.inputs import image_input, instructions
+from mode_policy.policies.mode.configuration import MoDEPolicyConfig
+from mode_policy.policies.registry import register_policy
 
 
+@register_policy("mode")
 class MoDEPolicy(ChunkingPolicy):
     """A language-conditioned MoDE diffusion policy over state observations.
 
@@ -46,7 +47,7 @@ class MoDEPolicy(ChunkingPolicy):
     (its cached embeddings are moved to the policy's device).
     """
 
-    name = "mode"
+    config_class = MoDEPolicyConfig
 
     def __init__(
         self,
@@ -55,22 +56,14 @@ class MoDEPolicy(ChunkingPolicy):
         *,
         language_encoder: LanguageEncoder | None = None,
     ) -> None:
-        super().__init__()
-        config.validate()
-        language_encoder = self._language_encoder(config, language_encoder)
+        super().__init__(config, language_encoder)
+        language_encoder = self.language_encoder
         if config.denoiser.goal_dim != language_encoder.dim:
             # CLIP (or a custom MiniLM path): the size is only known from the checkpoint.
             config = replace(config, denoiser=replace(config.denoiser, goal_dim=language_encoder.dim))
-        self.config = config
-        self.language_encoder = language_encoder
-        mapping = config.normalization_mapping
-        if not config.use_state:  # image-only: the state is neither read nor normalised
-            mapping = {k: v for k, v in mapping.items() if k != STATE_KEY}
-        self._init_normalization(
-            dataset_stats, mapping, {STATE_KEY: config.state_dim, ACTION_KEY: config.action_dim}
-        )
-        denoiser_class = CNNDenoiser if isinstance(config.denoiser, CNNDenoiserConfig) else MoDEDenoiser
-        self.denoiser = denoiser_class(config.denoiser)
+            self.config = config
+        self._init_normalization(dataset_stats)  # image-only policies neither read nor normalise the state
+        self.denoiser = denoiser_class_for(config.denoiser)(config.denoiser)
         if config.image_keys:  # absent for state-only policies: their weights stay exactly as before
             self.vision = VisionEncoder(
                 len(config.image_keys),
@@ -86,22 +79,8 @@ class MoDEPolicy(ChunkingPolicy):
             if config.use_state:
                 self.state_proj = nn.Linear(config.state_dim, config.vision_feature_dim)
         self.sigma_distribution = config.sigma_distribution()
-        self._init_queues(config.n_obs_steps)
 
     # Properties -----------------------------------------------------------------------------------------
-    @property
-    def observation_keys(self) -> list[str]:
-        """The state (when ``use_state``) and the cameras of ``image_keys``."""
-        return ([STATE_KEY] if self.config.use_state else []) + list(self.config.image_keys)
-
-    @property
-    def device(self) -> torch.device:
-        return self.denoiser.network.head.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.denoiser.network.head.weight.dtype
-
     def parameter_counts(self) -> dict[str, int]:
         """The denoiser's total and active parameters (the frozen language encoder is not counted)."""
         return self.denoiser.parameter_counts()
@@ -162,14 +141,20 @@ class MoDEPolicy(ChunkingPolicy):
     # Inference ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def predict_action_chunk(
-        self, obs: Mapping[str, Any], *, generator: torch.Generator | None = None
+        self,
+        obs: Mapping[str, Any],
+        *,
+        generator: torch.Generator | None = None,
+        use_expert_cache: bool | None = None,
     ) -> torch.Tensor:
         """Sample a chunk of actions in the data's units: (B, chunk_size, action_dim).
 
         obs: ``observation.state`` (B, n_obs_steps, state_dim), or (B, state_dim) when n_obs_steps == 1;
         ``task``: list[str] of length B (a single string is used for every row). Runs in eval mode
-        whatever the module's mode (deterministic routing, no dropout), with the expert cache when
-        ``config.use_expert_cache``. ``generator`` (on the policy's device) makes the draw reproducible.
+        whatever the module's mode (deterministic routing, no dropout). ``use_expert_cache``: run the
+        cached experts of each sampler step (None: ``config.use_expert_cache``); ignored by denoisers that
+        have no cache (token routing, the CNN). ``generator`` (on the policy's device) makes the draw
+        reproducible.
         """
         config = self.config
         inputs = self._observation(obs, history=True)  # {key: (B, n_obs_steps, ...)}, checked
@@ -179,49 +164,23 @@ class MoDEPolicy(ChunkingPolicy):
         with self._eval_mode():
             sigmas = config.sampling_sigmas(dtype=self.dtype, device=self.device)
             goal = self._goal(tasks)
+            options = {}
+            if can_cache_experts(self.denoiser):
+                options["use_cache"] = (
+                    config.use_expert_cache if use_expert_cache is None else use_expert_cache
+                )
             actions = self.denoiser.sample_actions(
                 self._obs_tokens(state, images, goal),
                 goal,
                 sigmas,
                 method=config.sampler,
                 generator=generator,
-                use_cache=config.use_expert_cache,
+                **options,
             )  # (B, chunk_size, action_dim), normalised
         if config.clip_sample and config.normalization_mapping[ACTION_KEY] == "min_max":
             # The data lie in [-1, 1] after min_max; a sample outside is extrapolation past every demo.
             actions = actions.clamp(-1.0, 1.0)
         return self._checked_actions(self.normalizer.unnormalize(ACTION_KEY, actions))
-
-    # Loading ------------------------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(
-        cls,
-        directory: str | Path,
-        *,
-        device: str | torch.device = "cpu",
-        language_encoder: LanguageEncoder | None = None,
-    ) -> MoDEPolicy:
-        """Rebuild a policy written by ``save_pretrained``, in eval mode, on ``device``."""
-        directory, stats = cls._read_saved(directory)
-        config = MoDEPolicyConfig.load(directory / CONFIG_FILE)
-        try:
-            policy = cls(config, stats or None, language_encoder=language_encoder)
-        except (KeyError, ValueError) as error:
-            raise ValueError(
-                f"{directory / STATS_FILE} does not fit {directory / CONFIG_FILE}: {error}"
-            ) from None
-        expected = {k: v.clone() for k, v in policy.normalizer.state_dict().items()} if stats else None
-        policy._load_weights(directory)
-        if expected is not None:
-            loaded = policy.normalizer.state_dict()
-            for key, value in expected.items():
-                if not torch.allclose(value, loaded[key], rtol=1e-5, atol=1e-6, equal_nan=True):
-                    raise ValueError(
-                        f"{directory / STATS_FILE} disagrees with the normaliser saved in "
-                        f"{directory / WEIGHTS_FILE} "
-                        f"({key}); was one of them replaced after saving?"
-                    )
-        return policy.to(device).eval()
 
     # Helpers ---------------------------------------------------------------------------------------------
     def _obs_tokens(
