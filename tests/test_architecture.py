@@ -13,14 +13,22 @@ from pathlib import Path
 SOURCE = Path(__file__).resolve().parent.parent / "src" / "mode_policy"
 # Lower layers know nothing of the layers built on them.
 FORBIDDEN = {
-    "diffusion": {"nn", "data", "envs", "policies", "training", "evaluation", "distill", "cli"},
-    "nn": {"data", "envs", "policies", "training", "evaluation", "distill", "cli"},
-    "data": {"nn", "envs", "policies", "training", "evaluation", "distill", "cli"},  # no simulator, no model
-    "envs": {"policies", "training", "evaluation", "distill", "cli"},
-    "policies": {"training", "evaluation", "distill", "envs", "cli"},
-    "training": {"distill", "cli"},
-    "evaluation": {"training", "distill", "cli"},
-    "distill": {"evaluation", "cli"},
+    "diffusion": {"nn", "data", "envs", "policies", "runtime", "training", "evaluation", "distill", "cli"},
+    "nn": {"data", "envs", "policies", "runtime", "training", "evaluation", "distill", "cli"},
+    "data": {"nn", "envs", "policies", "runtime", "training", "evaluation", "distill", "cli"},  # no model
+    "envs": {"policies", "runtime", "training", "evaluation", "distill", "cli"},
+    "policies": {
+        "runtime",
+        "training",
+        "evaluation",
+        "distill",
+        "envs",
+        "cli",
+    },  # "onnx" comes by entry point
+    "runtime": {"envs", "training", "evaluation", "distill", "cli"},
+    "training": {"runtime", "distill", "cli"},
+    "evaluation": {"runtime", "training", "distill", "cli"},
+    "distill": {"runtime", "evaluation", "cli"},
 }
 
 

@@ -15,8 +15,9 @@ _python_show_warning = warnings.showwarning
 
 
 # What a command reports as one line instead of a traceback: bad values and files (ValueError, with the
-# library's DatasetError / CorruptFileError / TeacherError), missing or taken paths (OSError), missing keys.
-USER_ERRORS: tuple[type[Exception], ...] = (ValueError, OSError, KeyError)
+# library's DatasetError / CorruptFileError / TeacherError), missing or taken paths (OSError), missing keys,
+# and an optional dependency that is not installed (ImportError, whose message names the extra).
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, OSError, KeyError, ImportError)
 
 
 def reports_errors(command: str, *errors: type[Exception]) -> Callable:
@@ -170,6 +171,7 @@ def eval_command(args: argparse.Namespace) -> int:
         use_expert_cache=False if args.no_expert_cache else None,
         out_dir=args.out,
         max_episode_steps=args.max_episode_steps,
+        compile=args.compile,
     )
     if "results_dir" in results:
         print(f"results written to {results['results_dir']}")
@@ -226,6 +228,45 @@ def distill_command(args: argparse.Namespace) -> int:
         f"`mode-policy eval --policy {result.out}`"
     )
     return 0
+
+
+@reports_errors("export", RuntimeError)  # RuntimeError: the exported graph differs from torch (a bug)
+def export_command(args: argparse.Namespace) -> int:
+    """Export a policy's whole action chunk to one ONNX file for ONNX Runtime (fp32 or int8)."""
+    from mode_policy.runtime.export import export_onnx
+
+    report = export_onnx(
+        args.policy,
+        args.out,
+        quantize=args.quantize,
+        batch=args.batch,
+        dynamic_batch=args.dynamic_batch,
+        task=args.task,
+        calibration=args.calibration,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"wrote {report.path} ({report.bytes / 1e6:.1f} MB, {report.quantize or 'fp32'}; weights used "
+        f"{report.weight_bytes / 1e6:.1f} MB fp32) in {report.seconds:.0f} s; max |ONNX Runtime - torch| "
+        f"{report.max_abs_diff:.1e}; run it with `mode-policy eval --policy {report.path}`"
+    )
+    return 0
+
+
+def _add_export_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "export", help="export a policy's action chunk to ONNX (fp32 or int8) for ONNX Runtime"
+    )
+    parser.add_argument("--policy", required=True, help="run dir, save_pretrained dir or shipped name")
+    parser.add_argument("--out", required=True, help="the .onnx file to write")
+    parser.add_argument("--quantize", default=None, help="int8 (weights) or int8-static (QDQ, calibrated)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--batch", type=int, default=1, help="the batch size the graph takes (1)")
+    size.add_argument("--dynamic-batch", action="store_true", help="any batch size")
+    parser.add_argument("--task", default=None, help="the instruction a goal-routed policy is exported for")
+    parser.add_argument("--calibration", default=None, help="LeRobot dataset for --quantize int8-static")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    parser.set_defaults(run=export_command)
 
 
 def _add_distill_command(commands: argparse._SubParsersAction) -> None:
@@ -298,7 +339,9 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     train_parser.set_defaults(run=train_command)
 
     eval_parser = commands.add_parser("eval", help="evaluate a policy on Meta-World MT10 / MT50")
-    eval_parser.add_argument("--policy", required=True, help="run dir, save_pretrained dir, or shipped name")
+    eval_parser.add_argument(
+        "--policy", required=True, help="run dir, save_pretrained dir, exported .onnx or shipped name"
+    )
     eval_parser.add_argument("--suite", choices=["mt10", "mt50"], default="mt10")
     eval_parser.add_argument("--tasks", default=None, help="comma-separated subset, e.g. reach-v3,push-v3")
     eval_parser.add_argument("--episodes-per-task", type=int, default=10)
@@ -306,6 +349,7 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     eval_parser.add_argument("--workers", type=int, default=2, help="environment processes")
     eval_parser.add_argument("--video-dir", default=None, help="MP4 of each task's first episode (libosmesa)")
     eval_parser.add_argument("--no-expert-cache", action="store_true", help="route at every step instead")
+    eval_parser.add_argument("--compile", action="store_true", help="run the chunk under torch.compile")
     eval_parser.add_argument("--out", default=None, help="results folder (default RUN/eval/<suite>-seed<S>)")
     eval_parser.add_argument(
         "--max-episode-steps", type=int, default=None,
@@ -368,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect_parser.set_defaults(run=collect)
     _add_training_commands(commands)
     _add_distill_command(commands)
+    _add_export_command(commands)
     return parser
 
 

@@ -56,9 +56,13 @@ def fx(tmp_path_factory):
         video=write_dataset(root / "video", camera="corner", image_format="video", episodes_per_task=1),
         no_action=write_dataset(root / "no_action", with_action=False, episodes_per_task=1),
         run=root / "run",
+        exported=root / "policy.onnx",
     )
     train(inputs.dataset, inputs.run, steps=2, batch_size=4, checkpoint_every=1, progress=False,
           policy_overrides=[v for v in TINY_POLICY if v != "--set"])  # fmt: skip
+    from mode_policy.runtime import export_onnx
+
+    export_onnx(inputs.policy, inputs.exported)
     return inputs
 
 
@@ -71,6 +75,7 @@ class Inputs:
     video: Path
     no_action: Path
     run: Path
+    exported: Path  # fx.policy exported to ONNX
 
 
 @dataclass
@@ -638,6 +643,118 @@ def eval_unknown_suite(tmp, fx):
 @case
 def eval_unknown_shipped_name(tmp, fx):
     return Case(_eval("mt10-mode-huge"), "mt10-mode-huge")
+
+
+# export, and exported files -----------------------------------------------------------------------------
+def _export(policy: Path, out: Path, *extra: str) -> list[str]:
+    return ["export", "--policy", str(policy), "--out", str(out), *extra]
+
+
+@case
+def export_policy_missing(tmp, fx):
+    return Case(_export(tmp / "nowhere", tmp / "p.onnx"), "no policy")
+
+
+@case
+def export_folder_without_policy(tmp, fx):
+    (tmp / "empty").mkdir()
+    return Case(_export(tmp / "empty", tmp / "p.onnx"), "holds neither")
+
+
+@case
+def export_unknown_quantize(tmp, fx):
+    return Case(_export(fx.policy, tmp / "p.onnx", "--quantize", "int4"), "--quantize")
+
+
+@case
+def export_out_not_onnx(tmp, fx):
+    return Case(_export(fx.policy, tmp / "p.pt"), ".onnx file")
+
+
+@case
+def export_out_exists(tmp, fx):
+    path, check = _user_file(tmp, "mine.onnx")
+    return Case(_export(fx.policy, path), "--overwrite", check)
+
+
+@case
+def export_out_is_folder(tmp, fx):
+    (tmp / "folder.onnx").mkdir()
+    return Case(_export(fx.policy, tmp / "folder.onnx"), "is a folder")
+
+
+@case
+def export_batch_zero(tmp, fx):
+    return Case(_export(fx.policy, tmp / "p.onnx", "--batch", "0"), "--batch")
+
+
+@case
+def export_static_without_calibration(tmp, fx):
+    return Case(_export(fx.policy, tmp / "p.onnx", "--quantize", "int8-static"), "--calibration")
+
+
+@case
+def export_calibration_missing(tmp, fx):
+    argv = _export(fx.policy, tmp / "p.onnx", "--quantize", "int8-static", "--calibration", tmp / "nowhere")
+    return Case(argv, "nowhere")
+
+
+@case
+def export_calibration_of_other_shapes(tmp, fx):
+    from tests.policies.common import tiny_policy  # 5-d states; the dataset has 39
+
+    policy = tiny_policy().save_pretrained(tmp / "policy")
+    argv = _export(policy, tmp / "p.onnx", "--quantize", "int8-static", "--calibration", fx.dataset)
+    return Case(argv, "calibrate on the policy's own training data")
+
+
+@case
+def export_task_for_a_sigma_policy(tmp, fx):
+    return Case(_export(fx.policy, tmp / "p.onnx", "--task", "close the drawer"), "leave the task")
+
+
+@case
+def export_an_export(tmp, fx):
+    return Case(_export(fx.exported, tmp / "p.onnx"), "exported already")
+
+
+@case
+def eval_onnx_truncated(tmp, fx):
+    path = tmp / "policy.onnx"
+    path.write_bytes(fx.exported.read_bytes())
+    truncate(path)
+    return Case(_eval(path), "not a readable ONNX model")
+
+
+@case
+def eval_onnx_garbage(tmp, fx):
+    path = tmp / "policy.onnx"
+    path.write_bytes(b"\x00garbage" * 100)
+    return Case(_eval(path), "not a readable ONNX model")
+
+
+@case
+def eval_onnx_not_ours(tmp, fx):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "foreign",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph), str(tmp / "foreign.onnx"))
+    return Case(_eval(tmp / "foreign.onnx"), "not a mode-policy export")
+
+
+@case
+def eval_onnx_compile(tmp, fx):
+    return Case(_eval(fx.exported, "--compile"), "no compiled path")
+
+
+@case
+def eval_onnx_no_expert_cache(tmp, fx):
+    return Case(_eval(fx.exported, "--no-expert-cache"), "no expert cache")
 
 
 # distill, inspect, quickstart ---------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Bad input at a policy's boundary (the Python API a robot loop calls): one clear line, never a NaN action
-or a traceback from inside the ResNet. The same checks serve every policy type (MoDE and the VDD student).
+or a traceback from inside the ResNet or ONNX Runtime. The same checks serve every policy type (MoDE, the
+VDD student, and an exported policy run by ONNX Runtime).
 """
 
 from __future__ import annotations
@@ -29,6 +30,20 @@ def image_policy():
         "denoiser": {"width": 16, "depth": 1, "heads": 2},
     })  # fmt: skip
     return MoDEPolicy(config, STATS).eval()
+
+
+@pytest.fixture(scope="module")
+def exported_image_policy(image_policy, tmp_path_factory):
+    from mode_policy.runtime import OnnxPolicy, export_onnx
+
+    path = tmp_path_factory.mktemp("exported") / "image.onnx"
+    export_onnx(image_policy, path)
+    return OnnxPolicy(path)
+
+
+@pytest.fixture(params=["torch", "onnx"])
+def any_image_policy(request):
+    return request.getfixturevalue("image_policy" if request.param == "torch" else "exported_image_policy")
 
 
 @pytest.fixture(scope="module")
@@ -81,22 +96,41 @@ def _one_line(error: BaseException) -> str:
 
 @pytest.mark.parametrize("method", ["predict_action_chunk", "select_action"])
 @pytest.mark.parametrize("name", list(BAD))
-def test_bad_observation_is_refused_with_one_line(image_policy, name, method):
+def test_bad_observation_is_refused_with_one_line(any_image_policy, name, method):
     obs, needle = BAD[name]  # n_obs_steps == 1: a chunk accepts the shapes of one step
-    image_policy.reset()
+    any_image_policy.reset()
     with pytest.raises((ValueError, KeyError)) as raised:
-        getattr(image_policy, method)(obs)
+        getattr(any_image_policy, method)(obs)
     assert needle in _one_line(raised.value)
 
 
-def test_good_observations_in_both_layouts(image_policy):
-    image_policy.reset()
-    channels_last = image_policy.select_action(_obs())
+def test_good_observations_in_both_layouts(any_image_policy):
+    any_image_policy.reset()
+    channels_last = any_image_policy.select_action(_obs())
     floats = np.random.default_rng(0).random((2, 3, SIZE, SIZE)).astype(np.float32)
-    image_policy.reset()
-    channels_first = image_policy.select_action(_obs(floats))
+    any_image_policy.reset()
+    channels_first = any_image_policy.select_action(_obs(floats))
     assert channels_last.shape == channels_first.shape == (2, 4)
     assert torch.isfinite(channels_last).all() and torch.isfinite(channels_first).all()
+
+
+def test_the_exported_image_policy_equals_torch(image_policy, exported_image_policy):
+    """Cameras (uint8 in the graph, ResNet and FiLM exported) give torch's actions for the same noise."""
+    obs = _obs()
+    expected = image_policy.predict_action_chunk(obs, generator=torch.Generator().manual_seed(3))
+    actual = exported_image_policy.predict_action_chunk(obs, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "task_index, needle",
+    [([0, 2], "in [0, 2)"), ([0.0, 1.0], "integer"), ([[0, 1]], "integer"), ([-1, 0], "in [0, 2)")],
+)
+def test_bad_task_index_of_an_exported_policy(exported_image_policy, task_index, needle):
+    obs = {k: v for k, v in _obs().items() if k != "task"}
+    with pytest.raises(ValueError) as raised:
+        exported_image_policy.predict_action_chunk(dict(obs, task_index=np.array(task_index)))
+    assert needle in _one_line(raised.value)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mode_policy.nn.moe.dispatch import dispatch_to_experts
-from mode_policy.nn.moe.experts import GroupedSwiGLU, swiglu
+from mode_policy.nn.moe.experts import GroupedSwiGLU, grouped_gemm_dtype, swiglu
 from mode_policy.nn.moe.layer import MoELayer, load_balance_loss
 from mode_policy.nn.moe.router import select_experts
 from tests.conftest import tiny_config
@@ -32,6 +32,35 @@ def test_dispatch_matches_naive_reference(dtype):
     torch.testing.assert_close(out, expected, atol=tolerance, rtol=tolerance)
     assert tokens_per_expert.sum().item() == 23 * 2
     assert torch.equal(tokens_per_expert, torch.bincount(routing.expert_ids.reshape(-1), minlength=5))
+
+
+@pytest.mark.parametrize(
+    "device, dtype, capability, dims, expected",
+    [
+        ("cpu", torch.float32, None, (8, 32, 16), torch.float32),
+        ("cpu", torch.float64, None, (8, 32, 16), None),  # no grouped kernel for float64
+        ("cpu", torch.bfloat16, None, (8, 32, 16), None),  # CPU autocast: the looped matmuls
+        ("cuda", torch.bfloat16, (9, 0), (8, 32, 16), torch.bfloat16),
+        ("cuda", torch.bfloat16, (7, 5), (8, 32, 16), None),  # torch documents SM >= 80
+        ("cuda", torch.float32, (9, 0), (8, 32, 16), None),  # CUDA's grouped GEMM takes bfloat16
+        ("cuda", torch.bfloat16, (9, 0), (4, 32, 16), None),  # rows of 8 bytes: not 16-byte aligned
+        ("mps", torch.float32, None, (8, 32, 16), None),
+    ],
+)
+def test_grouped_gemm_is_chosen_by_device_and_dtype(monkeypatch, device, dtype, capability, dims, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert grouped_gemm_dtype(torch.device(device), dtype, dims) == expected
+
+
+def test_dispatch_under_cpu_autocast_takes_the_fallback_and_agrees():
+    experts = GroupedSwiGLU(num_experts=4, dim=8, hidden=16)
+    tokens = torch.randn(19, 8)
+    routing = select_experts(torch.randn(19, 4), 2, sample=False)
+    expected, _ = dispatch_to_experts(tokens, routing.expert_ids, routing.expert_weights, experts)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = dispatch_to_experts(tokens, routing.expert_ids, routing.expert_weights, experts)
+    assert out.dtype == tokens.dtype
+    torch.testing.assert_close(out, expected, atol=0.05, rtol=0.05)
 
 
 def test_dispatch_gradients_match_naive_reference():

@@ -189,7 +189,8 @@ class ToyPolicy(ChunkingPolicy):
     config_class = ToyPolicyConfig
 
     def __init__(self, config: ToyPolicyConfig, dataset_stats=None, *, language_encoder=None) -> None:
-        super().__init__(config, language_encoder)
+        super().__init__(config)
+        self._init_language(language_encoder)
         self._init_normalization(dataset_stats)
         inputs = config.n_obs_steps * config.state_dim + self.language_encoder.dim
         self.net = nn.Sequential(nn.Linear(inputs, config.hidden), nn.Mish(),

@@ -50,7 +50,7 @@ def _footer(results: dict[str, Any]) -> str:
         f"policy {inference.get('ms_per_chunk_batch1_median')} ms/chunk at batch 1, "
         f"{inference.get('ms_per_chunk_batched_mean')} ms per batched call (mean batch "
         f"{inference.get('mean_batch_size')}), expert cache "
-        f"{'on' if results.get('use_expert_cache') else 'off'}"
+        f"{ {True: 'on', False: 'off'}.get(results.get('use_expert_cache'), 'n/a') }"
     )
 
 

@@ -57,6 +57,7 @@ def evaluate(
     max_episode_steps: int | None = None,
     record_actions: bool = False,
     device: str | None = None,
+    compile: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a policy on a Meta-World suite; returns the results dict (also written as JSON + Markdown).
@@ -69,6 +70,7 @@ def evaluate(
     max_concurrent: episodes stepped in lockstep per wave. max_episode_steps: shorter horizon than
     Meta-World's 500 (for tests; results are then not comparable). record_actions: also return
     ``results["actions"]`` = {(task, episode): (steps, action_dim) array} (not written to disk).
+    compile: run the policy's chunk under torch.compile (``policy.compile()``; compile time reported).
     """
     from mode_policy.envs.metaworld import MAX_EPISODE_STEPS, episode_seed, suite_tasks
 
@@ -87,6 +89,7 @@ def evaluate(
     if out_dir is None and run_dir is not None:
         out_dir, _ = _check_outputs(run_dir / "eval" / f"{suite.lower()}-seed{seed}", None)
     options = _inference_options(policy, use_expert_cache)
+    compile_seconds = _compile(policy, progress) if compile else None
     jobs = [  # job j: episode j // T of task j % T, so waves cover all tasks evenly
         (episode * len(names) + t, task, episode, episode_seed(task, episode, "eval", seed))
         for episode in range(episodes_per_task)
@@ -102,6 +105,8 @@ def evaluate(
         use_expert_cache=options.get(CACHE_OPTION, _default_option(policy, CACHE_OPTION)),
         num_workers=max(1, min(num_workers, len(jobs))), max_episode_steps=horizon,
     )  # fmt: skip
+    if compile_seconds is not None:
+        results["compile_seconds"] = compile_seconds
     if out_dir is not None:
         results["results_dir"] = str(write_results(results, out_dir))
     if progress:
@@ -138,6 +143,21 @@ def _inference_options(policy: Any, use_expert_cache: bool | None) -> dict[str, 
             "diffusion policies with expert routing)"
         )
     return {CACHE_OPTION: bool(use_expert_cache)}
+
+
+def _compile(policy: Any, progress: bool) -> float:
+    """``policy.compile()``, timed; a policy type without it is told so."""
+    if getattr(type(policy), "compile", None) in (None, torch.nn.Module.compile):  # torch's is not ours
+        raise ValueError(
+            f"{type(policy).__name__} has no compiled path (--compile applies to diffusion policies; an "
+            "exported .onnx policy is compiled by ONNX Runtime already)"
+        )
+    start = time.perf_counter()
+    policy.compile()
+    seconds = time.perf_counter() - start
+    if progress:
+        print(f"compiled the policy's chunk in {seconds:.0f} s")
+    return seconds
 
 
 def _default_option(policy: Any, option: str) -> Any:

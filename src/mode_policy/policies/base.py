@@ -4,7 +4,7 @@ set-up, and the checks of its observations (``mode_policy.policies.inputs``).
 
 A policy type is a subclass registered with ``@register_policy("name")`` (``mode_policy.policies.registry``)
 whose ``config_class`` is a PolicyConfig subclass. Its ``__init__(config, dataset_stats=None, *,
-language_encoder=None)`` calls ``super().__init__(config, language_encoder)`` and
+language_encoder=None)`` calls ``super().__init__(config)``, ``_init_language(language_encoder)`` and
 ``_init_normalization(dataset_stats)``; it provides
 ``predict_action_chunk(obs, *, generator=None)`` and, to be trained by ``mode-policy train``,
 ``compute_loss(batch) -> (loss, logs)``. docs/ARCHITECTURE.md walks through an example.
@@ -52,14 +52,17 @@ class ChunkingPolicy(nn.Module):
     config_class: ClassVar[type[PolicyConfig]] = PolicyConfig
     made_by: ClassVar[str] = "mode-policy train"  # how a user makes one (for messages)
 
-    def __init__(self, config: PolicyConfig, language_encoder: LanguageEncoder | None = None) -> None:
-        """Validate ``config`` and build (or take, if shared) its language encoder; subclasses then call
-        ``_init_normalization`` and build their model."""
+    def __init__(self, config: PolicyConfig) -> None:
+        """Validate and keep ``config``; subclasses then call ``_init_language`` and ``_init_normalization``
+        as they need them, and build their model."""
         super().__init__()
         config.validate()
-        self.language_encoder = self._language_encoder(config, language_encoder)
         self.config = config
         self._horizon: RecedingHorizon | None = None  # select_action's state, made on first use
+
+    def _init_language(self, encoder: LanguageEncoder | None) -> None:
+        """``language_encoder``: ``encoder`` (one shared with another policy) or one built from the config."""
+        self.language_encoder = self._language_encoder(self.config, encoder)
 
     @staticmethod
     def _language_encoder(config: Any, encoder: LanguageEncoder | None) -> LanguageEncoder:
@@ -117,6 +120,17 @@ class ChunkingPolicy(nn.Module):
         if len(set(sizes.values())) > 1:
             raise ValueError(f"the observation's features disagree on the batch size: {sizes}")
         return values
+
+    def _goal(self, tasks: list[str]) -> torch.Tensor:
+        """(B,) instructions -> (B, goal_dim) embeddings on the policy's device."""
+        return self.language_encoder.encode(tasks).to(device=self.device, dtype=self.dtype)
+
+    def _to_data_units(self, actions: torch.Tensor) -> torch.Tensor:
+        """Normalised actions (B, chunk_size, action_dim) -> the data's units, clamped to the data range
+        first when actions are min_max normalised (a value outside is extrapolation past every demo)."""
+        if self.config.clip_sample and self.config.normalization_mapping[ACTION_KEY] == "min_max":
+            actions = actions.clamp(-1.0, 1.0)
+        return self.normalizer.unnormalize(ACTION_KEY, actions)
 
     def _checked_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """The chunk the policy returns; NaN or inf (inputs far outside the training data) is refused."""

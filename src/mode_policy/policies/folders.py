@@ -14,6 +14,7 @@ from mode_policy.io import read_json
 
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 POLICY_CONFIG = "config.json"
+EXPORTED_SUFFIX = ".onnx"  # an exported policy is one file (mode_policy.runtime)
 POLICY_SUBDIR = "policy"  # RUN/policy: where a run exports its policy
 RUN_SETTINGS = "train_config.json"  # what a training run was asked to do
 CHECKPOINT = "checkpoints/last.ckpt"
@@ -29,10 +30,12 @@ def shipped_pretrained() -> list[str]:
 def resolve_policy_dir(policy_or_dir: str | Path) -> tuple[Path, Path | None]:
     """(directory written by ``save_pretrained``, the run it belongs to or None).
 
-    Accepts a run directory (uses ``RUN/policy``), a ``save_pretrained`` directory, or the name of a
-    shipped pretrained checkpoint.
+    Accepts a run directory (uses ``RUN/policy``), a ``save_pretrained`` directory, the name of a shipped
+    pretrained checkpoint, or an exported ``.onnx`` file (returned as it is).
     """
     path = Path(policy_or_dir).expanduser()
+    if path.suffix == EXPORTED_SUFFIX and path.is_file():
+        return path, None
     if path.is_dir():
         if (path / POLICY_SUBDIR / POLICY_CONFIG).is_file():
             return path / POLICY_SUBDIR, path

@@ -16,7 +16,7 @@ from typing import Any
 
 from mode_policy.config_io import read_config_json
 from mode_policy.policies.config import PolicyConfig
-from mode_policy.policies.folders import POLICY_CONFIG, resolve_policy_dir
+from mode_policy.policies.folders import EXPORTED_SUFFIX, POLICY_CONFIG, resolve_policy_dir
 from mode_policy.registry import Registry
 
 POLICIES: Registry = Registry(
@@ -27,6 +27,7 @@ POLICIES: Registry = Registry(
 register_policy = POLICIES.register
 TYPE_KEY = PolicyConfig.tag_key
 DEFAULT_TYPE = PolicyConfig.default_tag  # what a config.json without a type is
+EXPORTED_TYPE = "onnx"  # what an exported .onnx file is (mode_policy.runtime, by entry point)
 
 
 def get_policy_class(name: str) -> type:
@@ -43,7 +44,10 @@ def policy_config_from_dict(values: dict[str, Any]) -> PolicyConfig:
 
 
 def policy_type_of(policy_dir: str | Path) -> str:
-    """The type a saved policy's config.json names (``"mode"`` when it names none)."""
+    """The type a saved policy's config.json names (``"mode"`` when it names none); an exported file's
+    type is ``"onnx"``."""
+    if Path(policy_dir).suffix == EXPORTED_SUFFIX:
+        return EXPORTED_TYPE
     path = Path(policy_dir) / POLICY_CONFIG
     name = read_config_json(path, "the policy", "save_pretrained()").get(TYPE_KEY, DEFAULT_TYPE)
     if not isinstance(name, str):
@@ -59,9 +63,10 @@ def load_policy(policy: str | Path, *, device: str | None = None, **kwargs: Any)
     policy_dir, _ = resolve_policy_dir(policy)
     name = policy_type_of(policy_dir)
     if name not in POLICIES.names():
+        where = policy_dir if policy_dir.is_file() else policy_dir / POLICY_CONFIG
         raise ValueError(
-            f"{policy_dir / POLICY_CONFIG} has {TYPE_KEY} {name!r}, which this install cannot load; known "
-            f"policy types: {', '.join(POLICIES.names())}"
+            f"{where} has {TYPE_KEY} {name!r}, which this install cannot load; known policy types: "
+            f"{', '.join(POLICIES.names())}"
         )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return get_policy_class(name).from_pretrained(policy_dir, device=device, **kwargs)

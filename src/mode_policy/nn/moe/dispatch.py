@@ -25,6 +25,7 @@ def dispatch_to_experts(
     tokens_per_expert = torch.bincount(flat_ids, minlength=experts.num_experts)
     group_ends = tokens_per_expert.cumsum(0).to(torch.int32)
     expert_out = experts.forward_grouped(tokens[source_token], group_ends)  # (N*k, D)
-    expert_out = expert_out * expert_weights.reshape(-1)[order].unsqueeze(-1)
+    # In the tokens' dtype: under autocast the experts may have run in bfloat16 and the gates in float32.
+    expert_out = (expert_out * expert_weights.reshape(-1)[order].unsqueeze(-1)).to(tokens.dtype)
     output = tokens.new_zeros(num_tokens, tokens.shape[-1]).index_add_(0, source_token, expert_out)
     return output, tokens_per_expert

@@ -8,8 +8,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Dtypes for which torch's grouped GEMM runs; anything else (float64 in tests) takes the looped fallback.
-_GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+def grouped_gemm_dtype(device: torch.device, dtype: torch.dtype, dims: tuple[int, ...]) -> torch.dtype | None:
+    """The dtype torch's grouped GEMM (``F.grouped_mm``) runs these experts in, or None for the looped
+    fallback. dtype: the tokens' (or, under autocast, autocast's); dims: the matrices' inner sizes.
+
+    Chosen by device and dtype, not dtype alone: torch documents CUDA support for bfloat16 on SM >= 80
+    (float32 and older GPUs take the fallback), its CPU kernel runs float32 (bfloat16 on CPU needs
+    16-byte-aligned strides, and CPU autocast's matmuls are faster anyway), and float64 (tests) has none.
+    """
+    if not hasattr(F, "grouped_mm"):
+        return None
+    if device.type == "cuda":
+        supported = dtype == torch.bfloat16 and torch.cuda.get_device_capability(device) >= (8, 0)
+    else:
+        supported = device.type == "cpu" and dtype == torch.float32
+    aligned = all(size * dtype.itemsize % 16 == 0 for size in dims)
+    return dtype if supported and aligned else None
 
 
 def swiglu(projected: torch.Tensor) -> torch.Tensor:
@@ -56,13 +71,20 @@ class GroupedSwiGLU(nn.Module):
 
     def forward_grouped(self, sorted_tokens: torch.Tensor, group_ends: torch.Tensor) -> torch.Tensor:
         """sorted_tokens: (M, D), grouped by expert; group_ends: (E,) int32 cumulative counts -> (M, D)."""
-        if sorted_tokens.dtype in _GROUPED_MM_DTYPES and hasattr(F, "grouped_mm"):
-            hidden = swiglu(F.grouped_mm(sorted_tokens, self.w_in, offs=group_ends))
-            return F.grouped_mm(hidden, self.w_out, offs=group_ends)
-        return self._looped_fallback(sorted_tokens, group_ends)
+        device = sorted_tokens.device
+        dtype = sorted_tokens.dtype
+        if torch.is_autocast_enabled(device.type):  # autocast leaves grouped_mm alone: cast as it would
+            dtype = torch.get_autocast_dtype(device.type)
+        dtype = grouped_gemm_dtype(
+            device, dtype, (self.w_in.shape[1], self.w_in.shape[2], self.w_out.shape[1])
+        )
+        if dtype is None:
+            return self._looped_fallback(sorted_tokens, group_ends)
+        hidden = swiglu(F.grouped_mm(sorted_tokens.to(dtype), self.w_in.to(dtype), offs=group_ends))
+        return F.grouped_mm(hidden, self.w_out.to(dtype), offs=group_ends)
 
     def _looped_fallback(self, sorted_tokens: torch.Tensor, group_ends: torch.Tensor) -> torch.Tensor:
-        # Reads the group sizes on the host: only for dtypes the grouped kernel lacks (float64 tests).
+        # Reads the group sizes on the host (a device sync): for what the grouped kernel lacks.
         counts = torch.diff(group_ends, prepend=group_ends.new_zeros(1)).tolist()
         pieces = sorted_tokens.split(counts)
         outputs = [
@@ -85,3 +107,39 @@ class GroupedSwiGLU(nn.Module):
     def forward_expert(self, tokens: torch.Tensor, expert_id: int) -> torch.Tensor:
         """tokens: (N, D) through expert ``expert_id`` -> (N, D)."""
         return swiglu(tokens @ self.w_in[expert_id]) @ self.w_out[expert_id]
+
+
+class SelectedExperts(nn.Module):
+    """Copies of only some experts of a GroupedSwiGLU, each its own tensors: what a program that runs a fixed
+    set of experts keeps (an exported file then stores each used expert once and no unused one).
+
+    ``forward_expert(tokens, expert_id)`` as GroupedSwiGLU's, for the ids it holds.
+    """
+
+    def __init__(self, experts: GroupedSwiGLU, expert_ids: list[int]) -> None:
+        super().__init__()
+        self.expert_ids = sorted(expert_ids)
+        self.w_in = nn.ParameterDict(
+            {str(e): nn.Parameter(experts.w_in[e].detach().clone()) for e in self.expert_ids}
+        )
+        self.w_out = nn.ParameterDict(
+            {str(e): nn.Parameter(experts.w_out[e].detach().clone()) for e in self.expert_ids}
+        )
+
+    def forward_expert(self, tokens: torch.Tensor, expert_id: int) -> torch.Tensor:
+        """tokens: (N, D) through expert ``expert_id`` -> (N, D)."""
+        return swiglu(tokens @ self.w_in[str(expert_id)]) @ self.w_out[str(expert_id)]
+
+    def fused_weights(
+        self, expert_ids: tuple[int, ...], weights: tuple[float, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chosen experts as one SwiGLU of their summed width: w_in (D, 2kH) laid out [values | gates],
+        w_out (kH, D) with each expert's gate weight folded in. Built from the weights at every call, which
+        a graph compiler folds into constants (the file still stores each expert once)."""
+        hidden = self.w_out[str(expert_ids[0])].shape[0]
+        w_in = [self.w_in[str(e)] for e in expert_ids]
+        fused_in = torch.cat([w[:, :hidden] for w in w_in] + [w[:, hidden:] for w in w_in], dim=1)
+        fused_out = torch.cat(
+            [w * self.w_out[str(e)] for e, w in zip(expert_ids, weights, strict=True)], dim=0
+        )
+        return fused_in, fused_out

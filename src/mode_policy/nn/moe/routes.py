@@ -8,17 +8,24 @@ and says which experts got how much gate weight (for usage plots and the balance
 - ``SharedRoute``: one routing for every token (a batch that shares sigma): the chosen experts densely;
 - ``AllExperts``: every expert with constant weights (an extracted task model);
 - ``TokenRoute``: a routing per token: sort by expert, grouped GEMM, scatter back.
+
+Four more serve programs with a fixed structure (``mode_policy.policies.program``: ONNX export and
+``torch.compile``): ``FusedRoute`` runs a step's chosen experts as one wide SwiGLU, ``TensorRoute`` takes
+them as tensors (one compiled graph then serves every step), ``SampleGatedRoute`` runs a fixed set of
+experts with per-sample weights (each sample's task picks its row of a table), and ``DenseTokenRoute``
+routes per token without data-dependent shapes (every expert runs, unchosen ones weighted 0).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from mode_policy.nn.moe.dispatch import dispatch_to_experts
-from mode_policy.nn.moe.experts import GroupedSwiGLU
-from mode_policy.nn.moe.router import Routing
+from mode_policy.nn.moe.experts import GroupedSwiGLU, swiglu
+from mode_policy.nn.moe.router import Routing, select_experts
 
 
 @dataclass(frozen=True)
@@ -33,8 +40,10 @@ class CachedRoute:
         """flat: (N, D) -> (N, D)."""
         out = None
         for expert_id, weight in zip(self.expert_ids, self.expert_weights, strict=True):
-            expert_out = experts.forward_expert(flat, expert_id)
-            out = expert_out * weight if out is None else out.add_(expert_out, alpha=weight)
+            # In place on fresh tensors (no extra allocation); not add_(..., alpha=w), which torch.compile's
+            # CPU backend (torch 2.13) miscompiles.
+            expert_out = experts.forward_expert(flat, expert_id).mul_(weight)
+            out = expert_out if out is None else out.add_(expert_out)
         return out, None
 
     def usage(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,4 +94,80 @@ class TokenRoute:
         return self.routing.expert_ids, self.routing.expert_weights
 
 
-Route = CachedRoute | SharedRoute | AllExperts | TokenRoute
+@dataclass(frozen=True)
+class FusedRoute:
+    """A cached route run as one SwiGLU over the chosen experts together (``SelectedExperts``): two
+    matmuls per layer instead of two per expert; for a graph that folds the concatenated weights."""
+
+    expert_ids: tuple[int, ...]
+    expert_weights: tuple[float, ...]
+    routing = None
+
+    def run(self, experts: Any, flat: torch.Tensor) -> tuple[torch.Tensor, None]:
+        fused_in, fused_out = experts.fused_weights(self.expert_ids, self.expert_weights)
+        return swiglu(flat @ fused_in) @ fused_out, None
+
+    def usage(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.tensor([self.expert_ids]), torch.tensor([self.expert_weights])
+
+
+@dataclass(frozen=True)
+class TensorRoute:
+    """A cached route whose experts arrive as tensors: each chosen expert's ``w_in`` (D, 2H) and ``w_out``
+    (H, D), and the gate weights ``gates`` (k,). The code is the same at every sampler step, so one compiled
+    graph serves them all (with host ints, each step would be a graph of its own)."""
+
+    w_in: tuple[torch.Tensor, ...]
+    w_out: tuple[torch.Tensor, ...]
+    gates: torch.Tensor
+    routing = None
+
+    def run(self, experts: Any, flat: torch.Tensor) -> tuple[torch.Tensor, None]:
+        out = None
+        for slot, (w_in, w_out) in enumerate(zip(self.w_in, self.w_out, strict=True)):
+            expert_out = (swiglu(flat @ w_in) @ w_out) * self.gates[slot]
+            out = expert_out if out is None else out + expert_out
+        return out, None
+
+    def usage(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError("a tensor route is for compiled programs; measure usage on the live model")
+
+
+@dataclass(frozen=True)
+class SampleGatedRoute:
+    """Experts ``expert_ids`` on every token, weighted per sample by ``gates`` (batch, len(expert_ids)), 0
+    for an expert a sample's route does not choose: goal-routed experts of several tasks in one graph."""
+
+    expert_ids: tuple[int, ...]
+    gates: torch.Tensor
+    routing = None
+
+    def run(self, experts: Any, flat: torch.Tensor) -> tuple[torch.Tensor, None]:
+        outs = torch.stack([experts.forward_expert(flat, e) for e in self.expert_ids])  # (E, N, D)
+        gates = self.gates.repeat_interleave(flat.shape[0] // self.gates.shape[0], dim=0)  # (N, E)
+        return torch.einsum("ne,end->nd", gates, outs), None
+
+    def usage(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError("a sample-gated route is for export; measure usage on the live model")
+
+
+@dataclass(frozen=True)
+class DenseTokenRoute:
+    """Token routing (top-k per token, deterministic) with static shapes: every expert runs on every token
+    and the unchosen ones get weight 0. More arithmetic than dispatching, but a graph of fixed shape."""
+
+    router: torch.nn.Module
+    top_k: int
+    routing = None
+
+    def run(self, experts: GroupedSwiGLU, flat: torch.Tensor) -> tuple[torch.Tensor, None]:
+        routing = select_experts(self.router(flat), self.top_k, sample=False)
+        gates = torch.zeros(flat.shape[0], experts.num_experts, dtype=flat.dtype, device=flat.device)
+        gates = gates.scatter(1, routing.expert_ids, routing.expert_weights)  # (N, E)
+        return torch.einsum("ne,end->nd", gates, experts.forward_all(flat)), None
+
+    def usage(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError("a dense token route is for export; measure usage on the live model")
+
+
+Route = CachedRoute | SharedRoute | AllExperts | TokenRoute | FusedRoute | SampleGatedRoute | DenseTokenRoute

@@ -32,6 +32,8 @@ from mode_policy.nn.registry import denoiser_class_for
 from mode_policy.policies.base import ChunkingPolicy
 from mode_policy.policies.inputs import image_input, instructions
 from mode_policy.policies.mode.configuration import MoDEPolicyConfig
+from mode_policy.policies.mode.program import DiffusionChunk
+from mode_policy.policies.program import CompiledProgram, compile_program
 from mode_policy.policies.registry import register_policy
 
 
@@ -56,7 +58,8 @@ class MoDEPolicy(ChunkingPolicy):
         *,
         language_encoder: LanguageEncoder | None = None,
     ) -> None:
-        super().__init__(config, language_encoder)
+        super().__init__(config)
+        self._init_language(language_encoder)
         language_encoder = self.language_encoder
         if config.denoiser.goal_dim != language_encoder.dim:
             # CLIP (or a custom MiniLM path): the size is only known from the checkpoint.
@@ -79,6 +82,7 @@ class MoDEPolicy(ChunkingPolicy):
             if config.use_state:
                 self.state_proj = nn.Linear(config.state_dim, config.vision_feature_dim)
         self.sigma_distribution = config.sigma_distribution()
+        self._compiled: CompiledProgram | None = None  # set by compile()
 
     # Properties -----------------------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:
@@ -158,29 +162,42 @@ class MoDEPolicy(ChunkingPolicy):
         """
         config = self.config
         inputs = self._observation(obs, history=True)  # {key: (B, n_obs_steps, ...)}, checked
-        state = inputs.get(STATE_KEY)  # (B, n_obs_steps, state_dim) or None (image-only)
-        images = {key: inputs[key] for key in config.image_keys}  # (B, n_obs_steps, 3, H, W)
-        tasks = instructions(obs, next(iter(inputs.values())).shape[0])
+        batch = next(iter(inputs.values())).shape[0]
+        tasks = instructions(obs, batch)
+        use_cache = config.use_expert_cache if use_expert_cache is None else use_expert_cache
         with self._eval_mode():
-            sigmas = config.sampling_sigmas(dtype=self.dtype, device=self.device)
             goal = self._goal(tasks)
-            options = {}
-            if can_cache_experts(self.denoiser):
-                options["use_cache"] = (
-                    config.use_expert_cache if use_expert_cache is None else use_expert_cache
-                )
+            compiled = None
+            if self._compiled is not None and use_cache:
+                compiled = self._compiled.chunk(self, inputs, goal, tasks, generator)
+            if compiled is not None:
+                return self._checked_actions(compiled)
+            sigmas = config.sampling_sigmas(dtype=self.dtype, device=self.device)
+            options = {"use_cache": use_cache} if can_cache_experts(self.denoiser) else {}
+            state = inputs.get(STATE_KEY)  # (B, n_obs_steps, state_dim) or None (image-only)
+            images = {key: inputs[key] for key in config.image_keys}  # (B, n_obs_steps, 3, H, W)
             actions = self.denoiser.sample_actions(
-                self._obs_tokens(state, images, goal),
-                goal,
-                sigmas,
-                method=config.sampler,
-                generator=generator,
-                **options,
-            )  # (B, chunk_size, action_dim), normalised
-        if config.clip_sample and config.normalization_mapping[ACTION_KEY] == "min_max":
-            # The data lie in [-1, 1] after min_max; a sample outside is extrapolation past every demo.
-            actions = actions.clamp(-1.0, 1.0)
-        return self._checked_actions(self.normalizer.unnormalize(ACTION_KEY, actions))
+                self._obs_tokens(state, images, goal), goal, sigmas, method=config.sampler,
+                generator=generator, **options,
+            )  # (B, chunk_size, action_dim), normalised  # fmt: skip
+        return self._checked_actions(self._to_data_units(actions))
+
+    # Programs: export and compile -------------------------------------------------------------------
+    def chunk_program(self, *, task: str | None = None, fuse_experts: bool = False) -> DiffusionChunk:
+        """This policy's whole chunk as one module (``mode_policy.policies.mode.program``): the sampler
+        unrolled, each step's experts baked in. ``task``: the one instruction a goal-routed program is for
+        (without it, the program takes a task index into ``config.tasks``)."""
+        goal = None if task is None else self._goal([task])[0]
+        with self._eval_mode():
+            return DiffusionChunk(self, goal=goal, fuse_experts=fuse_experts)
+
+    def compile(self, **options: Any) -> MoDEPolicy:
+        """Run the cached chunk under ``torch.compile`` (one graph per schedule; ``options`` go to
+        torch.compile, default ``mode="reduce-overhead"`` on CUDA: CUDA graphs). The program is a snapshot:
+        when the weights change afterwards, predictions fall back to the eager sampler. Without a working
+        compiler the policy stays eager, with a warning. Returns the policy."""
+        self._compiled = compile_program(self, self.chunk_program(), **options)
+        return self
 
     # Helpers ---------------------------------------------------------------------------------------------
     def _obs_tokens(
@@ -225,10 +242,6 @@ class MoDEPolicy(ChunkingPolicy):
                 value = flat.reshape(value.shape)
             images[key] = value
         return images
-
-    def _goal(self, tasks: list[str]) -> torch.Tensor:
-        """(B,) instructions -> (B, goal_dim) embeddings on the policy's device."""
-        return self.language_encoder.encode(tasks).to(device=self.device, dtype=self.dtype)
 
     def _tensor(
         self,

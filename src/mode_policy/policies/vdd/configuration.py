@@ -17,11 +17,9 @@ from typing import Any, ClassVar
 
 from mode_policy.config_io import check_positive_int
 from mode_policy.policies.config import PolicyConfig
+from mode_policy.policies.vdd.mixture import ACTION_MODES
 
 COVARIANCES = ("full", "diagonal")
-# "mean": sample an expert from the gating, act with its mean (what VDD's released agent does by default).
-# "greedy": the mean of the most likely expert (deterministic). "sample": a full draw from the mixture.
-ACTION_MODES = ("mean", "greedy", "sample")
 # Fields that describe what the policy reads and writes; they must equal the teacher's.
 INTERFACE_FIELDS = (
     "state_dim",

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mode_policy.policies.program import NoiseSpec
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -87,22 +89,48 @@ class MixtureParams:
 
     def act(self, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
         """One action (chunk) per state, (B, d): see ``VDDPolicyConfig.action_mode``."""
-        B = self.means.shape[0]
-        rows = torch.arange(B, device=self.means.device)
+        B, _, d = self.means.shape
+        spec = act_noise_spec(mode, d)
+        noise = None if spec is None else spec.draw(B, generator, self.means.device, self.means.dtype)
+        return self.act_with_noise(mode, noise)
+
+    def act_with_noise(self, mode: str, noise: torch.Tensor | None) -> torch.Tensor:
+        """``act`` with its random numbers given: noise (B, 1) uniform for "mean", (B, 1 + d) uniform then
+        standard normal for "sample", None for "greedy". The expert is drawn by inverse CDF of the gating,
+        with static shapes (an exported program runs this too)."""
+        if mode not in ACTION_MODES:
+            raise ValueError(
+                f"unknown action mode {mode!r}; valid: {', '.join(repr(m) for m in ACTION_MODES)}"
+            )
         if mode == "greedy":
-            return self.means[rows, self.log_weights.argmax(-1)]
-        # torch.multinomial draws on the generator's device; the weights go there and the pick comes back.
-        weights = self.log_weights.exp()
-        if generator is not None:
-            weights = weights.to(generator.device)
-        picks = torch.multinomial(weights, 1, generator=generator).squeeze(-1).to(self.means.device)
-        if mode == "mean":
-            return self.means[rows, picks]
+            picks = self.log_weights.argmax(-1)
+        else:
+            below = self.log_weights.exp().cumsum(-1) < noise[:, :1]  # (B, K)
+            picks = below.sum(-1).clamp(max=self.means.shape[1] - 1)
+        action = _pick(self.means, picks)  # (B, d)
         if mode == "sample":
-            scale = self._scale()[rows, picks]  # (B, d) or (B, d, d)
-            device = generator.device if generator is not None else self.means.device
-            eps = torch.randn((B, scale.shape[-1]), generator=generator, device=device, dtype=scale.dtype)
-            eps = eps.to(self.means.device)
-            offset = scale * eps if self.diagonal else torch.einsum("bde,be->bd", scale, eps)
-            return self.means[rows, picks] + offset
-        raise ValueError(f"unknown action mode {mode!r}; valid: 'mean', 'greedy', 'sample'")
+            scale = _pick(self._scale(), picks)  # (B, d) or (B, d, d)
+            eps = noise[:, 1:]
+            action = action + (scale * eps if self.diagonal else torch.einsum("bde,be->bd", scale, eps))
+        return action
+
+
+# "mean": sample an expert from the gating, act with its mean (what VDD's released agent does by default).
+# "greedy": the mean of the most likely expert (deterministic). "sample": a full draw from the mixture.
+ACTION_MODES = ("mean", "greedy", "sample")
+
+
+def act_noise_spec(mode: str, dim: int) -> NoiseSpec | None:
+    """The random numbers ``act_with_noise`` takes per row, for chunks of ``dim`` values: one uniform
+    ("mean"), one uniform then ``dim`` standard normal ("sample"), none ("greedy")."""
+    return {
+        "greedy": None,
+        "mean": NoiseSpec("uniform", (1,)),
+        "sample": NoiseSpec("uniform+normal", (1 + dim,)),
+    }[mode]
+
+
+def _pick(values: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
+    """values (B, K, ...) at expert picks (B,) -> (B, ...)."""
+    index = picks.reshape(-1, 1, *([1] * (values.dim() - 2))).expand(-1, 1, *values.shape[2:])
+    return values.gather(1, index).squeeze(1)

@@ -17,14 +17,16 @@ from typing import Any
 
 import torch
 
-from mode_policy.keys import ACTION_KEY, STATE_KEY
+from mode_policy.keys import STATE_KEY
 from mode_policy.nn.encoders.language import LanguageEncoder
 from mode_policy.policies.base import ChunkingPolicy
 from mode_policy.policies.inputs import instructions
+from mode_policy.policies.program import task_not_needed
 from mode_policy.policies.registry import register_policy
 from mode_policy.policies.vdd.configuration import VDDPolicyConfig
 from mode_policy.policies.vdd.mixture import MixtureParams
 from mode_policy.policies.vdd.network import VDDNetwork
+from mode_policy.policies.vdd.program import MixtureChunk
 
 
 @register_policy("vdd")
@@ -45,7 +47,8 @@ class VDDPolicy(ChunkingPolicy):
         *,
         language_encoder: LanguageEncoder | None = None,
     ) -> None:
-        super().__init__(config, language_encoder)
+        super().__init__(config)
+        self._init_language(language_encoder)
         self._init_normalization(dataset_stats)
         self.network = VDDNetwork(config, self.language_encoder.dim)
 
@@ -69,8 +72,7 @@ class VDDPolicy(ChunkingPolicy):
         Exactly what the teacher's denoiser receives for the same observation.
         """
         obs = self.normalizer.normalize(STATE_KEY, state.to(device=self.device, dtype=self.dtype))
-        goal = self.language_encoder.encode(tasks).to(device=self.device, dtype=self.dtype)
-        return obs, goal
+        return obs, self._goal(tasks)
 
     def mixture(self, obs: torch.Tensor, goal: torch.Tensor, *, need_scale: bool = True) -> MixtureParams:
         """The mixture over normalised flat chunks (d = chunk_size * action_dim) at normalised inputs."""
@@ -95,6 +97,11 @@ class VDDPolicy(ChunkingPolicy):
             params = self.mixture(*inputs, need_scale=config.action_mode == "sample")
             flat = params.act(config.action_mode, generator)  # (B, d), normalised
         actions = flat.view(state.shape[0], config.chunk_size, config.action_dim)
-        if config.clip_sample and config.normalization_mapping[ACTION_KEY] == "min_max":
-            actions = actions.clamp(-1.0, 1.0)  # the data lie in [-1, 1] after min_max
-        return self._checked_actions(self.normalizer.unnormalize(ACTION_KEY, actions))
+        return self._checked_actions(self._to_data_units(actions))
+
+    def chunk_program(self, *, task: str | None = None, fuse_experts: bool = False) -> MixtureChunk:
+        """The student's whole chunk as one module (``mode_policy.policies.vdd.program``). One network
+        serves every task and no experts are routed: ``task`` is refused, ``fuse_experts`` changes nothing."""
+        if task is not None:
+            raise task_not_needed("nothing (a VDD student has no routed experts)")
+        return MixtureChunk(self)
