@@ -12,23 +12,18 @@ from pathlib import Path
 
 SOURCE = Path(__file__).resolve().parent.parent / "src" / "mode_policy"
 # Lower layers know nothing of the layers built on them.
+HIGH = {"runtime", "serving", "training", "evaluation", "distill", "cli"}
 FORBIDDEN = {
-    "diffusion": {"nn", "data", "envs", "policies", "runtime", "training", "evaluation", "distill", "cli"},
-    "nn": {"data", "envs", "policies", "runtime", "training", "evaluation", "distill", "cli"},
-    "data": {"nn", "envs", "policies", "runtime", "training", "evaluation", "distill", "cli"},  # no model
-    "envs": {"policies", "runtime", "training", "evaluation", "distill", "cli"},
-    "policies": {
-        "runtime",
-        "training",
-        "evaluation",
-        "distill",
-        "envs",
-        "cli",
-    },  # "onnx" comes by entry point
-    "runtime": {"envs", "training", "evaluation", "distill", "cli"},
-    "training": {"runtime", "distill", "cli"},
-    "evaluation": {"runtime", "training", "distill", "cli"},
-    "distill": {"runtime", "evaluation", "cli"},
+    "diffusion": {"nn", "data", "envs", "policies", *HIGH},
+    "nn": {"data", "envs", "policies", *HIGH},
+    "data": {"nn", "envs", "policies", *HIGH},  # no model
+    "envs": {"policies", *HIGH},
+    "policies": {"envs", *HIGH},  # "onnx" comes by entry point
+    "runtime": {"envs", "serving", "training", "evaluation", "distill", "cli"},
+    "serving": {"runtime", "training", "distill", "cli"},  # serves any registered policy type
+    "training": {"runtime", "serving", "distill", "cli"},
+    "evaluation": {"runtime", "serving", "training", "distill", "cli"},
+    "distill": {"runtime", "serving", "evaluation", "cli"},
 }
 
 

@@ -8,6 +8,7 @@ import json
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 from mode_policy.messages import ModePolicyWarning
 
@@ -155,26 +156,91 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-@reports_errors("eval")
+@reports_errors("eval", ConnectionError)  # ConnectionError: no server at --server
 def eval_command(args: argparse.Namespace) -> int:
     """Evaluate a policy on Meta-World with seeded episodes; print and save the success table."""
-    from mode_policy.evaluation.rollout import evaluate
-
-    results = evaluate(
-        args.policy,
-        suite=args.suite,
-        tasks=args.tasks,
-        episodes_per_task=args.episodes_per_task,
-        seed=args.seed,
-        num_workers=args.workers,
-        video_dir=args.video_dir,
-        use_expert_cache=False if args.no_expert_cache else None,
-        out_dir=args.out,
-        max_episode_steps=args.max_episode_steps,
-        compile=args.compile,
-    )
+    if (args.policy is None) == (args.server is None):
+        raise ValueError("pass --policy (evaluate here) or --server ws://HOST:PORT (through a policy server)")
+    episodes = dict(
+        suite=args.suite, tasks=args.tasks, episodes_per_task=args.episodes_per_task, seed=args.seed,
+        num_workers=args.workers, max_episode_steps=args.max_episode_steps, out_dir=args.out,
+    )  # fmt: skip
+    results = _eval_here(args, episodes) if args.server is None else _eval_served(args, episodes)
     if "results_dir" in results:
         print(f"results written to {results['results_dir']}")
+    return 0
+
+
+def _eval_here(args: argparse.Namespace, episodes: dict) -> dict:
+    from mode_policy.evaluation.rollout import evaluate
+
+    if args.latency_ms is not None or args.modes is not None or args.token_file is not None:
+        raise ValueError("--latency-ms, --modes and --token-file go with --server")
+    return evaluate(
+        args.policy,
+        video_dir=args.video_dir,
+        use_expert_cache=False if args.no_expert_cache else None,
+        compile=args.compile,
+        **episodes,
+    )
+
+
+def _eval_served(args: argparse.Namespace, episodes: dict) -> dict:
+    from mode_policy.serving.evaluate import evaluate_served
+
+    if args.no_expert_cache or args.compile or args.video_dir is not None:
+        raise ValueError(
+            "--no-expert-cache, --compile and --video-dir are the server's business with --server"
+        )
+    return evaluate_served(
+        args.server,
+        latency_ms=args.latency_ms if args.latency_ms is not None else [0.0],
+        control_hz=args.control_hz,
+        modes=args.modes.split(",") if args.modes else ("sync", "weighted", "inpaint"),
+        token=_read_token(args.token_file),
+        **episodes,
+    )
+
+
+def _read_token(path: str | None) -> str | None:
+    """The shared secret in a file (one line); None without a file."""
+    if path is None:
+        return None
+    token_file = Path(path)
+    if not token_file.is_file():
+        raise FileNotFoundError(f"--token-file {path} does not exist; write a secret into it, e.g. "
+                                f"`openssl rand -hex 16 > {path}`")  # fmt: skip
+    token = token_file.read_text(errors="replace").strip()
+    if not token or "\n" in token:
+        raise ValueError(f"--token-file {path} must hold one non-empty line (the shared secret)")
+    return token
+
+
+@reports_errors("serve")
+def serve_command(args: argparse.Namespace) -> int:
+    """Serve a policy (run, saved or shipped policy, or exported .onnx) to robots over websockets."""
+    from mode_policy.policies.registry import load_policy
+    from mode_policy.serving.server import PolicyServer
+
+    token = _read_token(args.token_file)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
+        raise ValueError(
+            f"--host {args.host} opens the policy to the network: pass --token-file too (clients must then "
+            "present the token)"
+        )
+    policy = load_policy(args.policy, device=args.device)
+    server = PolicyServer(
+        policy, host=args.host, port=args.port, token=token, batch_window_ms=args.batch_window_ms,
+        max_batch=args.max_batch, max_message_bytes=args.max_message_bytes, control_hz=args.control_hz,
+    )  # fmt: skip
+    print(
+        f"serving {args.policy} ({type(policy).name}, chunk {policy.config.chunk_size} x "
+        f"{policy.config.action_dim}) on ws://{args.host}:{args.port}"
+        + (" (token required)" if token else "")
+        + "; Ctrl-C stops",
+        flush=True,
+    )
+    server.run()
     return 0
 
 
@@ -340,8 +406,23 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
 
     eval_parser = commands.add_parser("eval", help="evaluate a policy on Meta-World MT10 / MT50")
     eval_parser.add_argument(
-        "--policy", required=True, help="run dir, save_pretrained dir, exported .onnx or shipped name"
+        "--policy", default=None, help="run dir, save_pretrained dir, exported .onnx or shipped name"
     )
+    eval_parser.add_argument(
+        "--server", default=None, help="ws://HOST:PORT: drive the rollouts through a server"
+    )
+    eval_parser.add_argument(
+        "--latency-ms", type=_numbers, default=None, help="with --server: injected delays, e.g. 0,50,150"
+    )
+    eval_parser.add_argument(
+        "--control-hz", type=float, default=20.0, help="with --server: control rate (20)"
+    )
+    eval_parser.add_argument(
+        "--modes",
+        default=None,
+        help="with --server: sync,latest,weighted,crossfade,inpaint (sync,weighted,inpaint)",
+    )
+    eval_parser.add_argument("--token-file", default=None, help="with --server: the server's token")
     eval_parser.add_argument("--suite", choices=["mt10", "mt50"], default="mt10")
     eval_parser.add_argument("--tasks", default=None, help="comma-separated subset, e.g. reach-v3,push-v3")
     eval_parser.add_argument("--episodes-per-task", type=int, default=10)
@@ -413,7 +494,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_commands(commands)
     _add_distill_command(commands)
     _add_export_command(commands)
+    _add_serve_command(commands)
     return parser
+
+
+def _add_serve_command(commands: argparse._SubParsersAction) -> None:
+    from mode_policy.serving.protocol import DEFAULT_PORT, MAX_BATCH, MAX_MESSAGE_BYTES, WINDOW_MS
+
+    parser = commands.add_parser("serve", help="serve a policy to robots (websockets + msgpack)")
+    parser.add_argument("--policy", required=True, help="run dir, save_pretrained dir, .onnx or shipped name")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (127.0.0.1: this machine only)"
+    )
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
+    parser.add_argument("--token-file", default=None, help="file holding a secret clients must present")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--batch-window-ms", type=float, default=WINDOW_MS, help="wait for company (ms)")
+    parser.add_argument("--max-batch", type=int, default=MAX_BATCH, help="requests per forward pass")
+    parser.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES, help="per message")
+    parser.add_argument("--control-hz", type=float, default=None, help="the robot's control rate (metadata)")
+    parser.set_defaults(run=serve_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ from mode_policy.diffusion.noise_distributions import (
     make_sigma_distribution,
 )
 from mode_policy.diffusion.preconditioning import EDMCoefficients, EDMPreconditioning
-from mode_policy.diffusion.samplers import SAMPLERS, initial_noise, model_evaluations, sample
+from mode_policy.diffusion.samplers import SAMPLERS, Inpainting, initial_noise, model_evaluations, sample
 from mode_policy.diffusion.schedules import (
     exponential_schedule,
     karras_schedule,
@@ -18,6 +18,7 @@ __all__ = [
     "SAMPLERS",
     "EDMCoefficients",
     "EDMPreconditioning",
+    "Inpainting",
     "LogLogisticSigma",
     "LogNormalSigma",
     "exponential_schedule",

@@ -21,6 +21,28 @@ at ``sigma = 0``.
 
 Methods (see ``SAMPLERS``): ``"ddim"`` (MoDE's default), ``"euler"``, ``"heun"``, ``"dpmpp_2m"`` and
 ``"euler_ancestral"``. Gradient mode is left to the caller, so the samplers can be differentiated through.
+
+Inpainting
+----------
+``sample(..., inpaint=Inpainting(known, mask))`` holds the entries where ``mask`` is True at ``known``
+(clean values, shaped like ``x``) and samples the rest conditioned on them (e.g. the actions of a chunk
+already committed to). With ``eps = x / sigmas[0]`` the start noise direction:
+
+* the start state on the mask becomes ``known + sigmas[0] * eps``;
+* every model input on the mask is ``known + sigma * eps`` at that evaluation's ``sigma`` (the raised
+  ``sigma_hat`` under churn, ``sigmas[j + 1]`` for Heun's second evaluation): the known part, re-noised to
+  the level the model expects and with the same noise direction throughout, is imposed;
+* every model output (the denoised estimate) on the mask is replaced by ``known``.
+
+Why: with the denoised estimate equal to ``known`` on the mask, the deterministic samplers (ddim, euler,
+heun, dpmpp_2m) move the masked state exactly along ``known + sigma * eps`` (each of their updates is an
+affine combination of x and the denoised estimates that maps ``known + sigma_j * eps`` to
+``known + sigma_{j+1} * eps``), so imposing the input agrees with the sampler's own trajectory and the
+unmasked entries see a consistent, progressively less noisy view of the known part. The last step returns
+the denoised estimate, so the result equals ``known`` on the mask (up to float rounding). Stochastic
+settings (euler_ancestral, churn) add fresh noise the imposed input does not carry, so there the
+conditioning is an approximation (the result on the mask is still ``known``). Without ``inpaint``, or
+with an all-False mask, sampling is unchanged, bit for bit.
 """
 
 from __future__ import annotations
@@ -29,6 +51,7 @@ import inspect
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -36,6 +59,18 @@ from tqdm.auto import tqdm
 
 Model = Callable[..., torch.Tensor]
 StepCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Inpainting:
+    """What :func:`sample` holds fixed (see "Inpainting" in the module docstring).
+
+    known: the clean values to hold, shaped like ``x`` (entries outside ``mask`` are ignored).
+    mask: bool tensor broadcastable to ``x``'s shape; True where ``known`` is held.
+    """
+
+    known: torch.Tensor
+    mask: torch.Tensor
 
 
 def initial_noise(
@@ -70,6 +105,7 @@ def sample(
     generator: torch.Generator | None = None,
     callback: StepCallback | None = None,
     progress: bool = False,
+    inpaint: Inpainting | None = None,
     **options: float,
 ) -> torch.Tensor:
     """Integrate from ``x`` at noise level ``sigmas[0]`` down to ``sigmas[-1] == 0``; returns ``x``'s shape.
@@ -79,7 +115,9 @@ def sample(
     stochastic settings. ``callback(info)`` runs after every step with ``info`` keys ``step`` (index j),
     ``sigma`` and ``sigma_next`` (Python floats ``sigmas[j]``, ``sigmas[j + 1]``), ``x`` (the state after
     the step, at ``sigma_next``) and ``denoised`` (the model's estimate at the start of the step).
-    ``progress=True`` shows a tqdm bar. The result has ``x``'s dtype and device.
+    ``progress=True`` shows a tqdm bar. ``inpaint`` holds the entries of its ``mask`` at its ``known``
+    values and samples the rest conditioned on them (see "Inpainting" in the module docstring). The result
+    has ``x``'s dtype and device.
     """
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampling method {method!r}; valid methods: {', '.join(sorted(SAMPLERS))}")
@@ -88,6 +126,12 @@ def sample(
     _check_x(x)
     sigma_values = _checked_sigmas(sigmas)
     denoise = _Denoiser(model, sigmas.detach().to(device=x.device, dtype=x.dtype))
+    held = _checked_inpainting(inpaint, x)
+    if held is not None:  # an all-False mask holds nothing: sample exactly as without
+        known, mask = held
+        eps = x / denoise.sigmas[0]  # the start noise direction
+        denoise.hold(known, mask, eps)
+        x = torch.where(mask, known + denoise.sigmas[0] * eps, x)
     steps = len(sigma_values) - 1
     with tqdm(total=steps, disable=not progress, desc=f"sampling ({method})", leave=False) as bar:
 
@@ -130,16 +174,26 @@ class _Denoiser:
         self.model = model
         self.sigmas = sigmas  # (steps + 1,) in x's dtype and device: what the model sees
         self.pass_step = _has_step_parameter(model)
+        self.held: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (known, mask, eps)
+
+    def hold(self, known: torch.Tensor, mask: torch.Tensor, eps: torch.Tensor) -> None:
+        """Inpaint: impose ``known + sigma * eps`` on the inputs and ``known`` on the outputs at ``mask``."""
+        self.held = (known, mask, eps)
 
     def __call__(self, x: torch.Tensor, step: int, sigma_scale: float = 1.0) -> torch.Tensor:
         """Denoise ``x`` at noise level ``sigmas[step] * sigma_scale``; returns ``x``'s shape."""
         sigma = self.sigmas[step] if sigma_scale == 1.0 else self.sigmas[step] * sigma_scale
+        if self.held is not None:
+            known, mask, eps = self.held
+            x = torch.where(mask, known + sigma * eps, x)
         denoised = self.model(x, sigma, step=step) if self.pass_step else self.model(x, sigma)
         if not isinstance(denoised, torch.Tensor) or denoised.shape != x.shape:
             got = tuple(denoised.shape) if isinstance(denoised, torch.Tensor) else type(denoised).__name__
             raise ValueError(
                 f"the model must return the denoised estimate with x's shape {tuple(x.shape)}, got {got}"
             )
+        if self.held is not None:
+            denoised = torch.where(mask, known, denoised)
         return denoised
 
 
@@ -374,6 +428,47 @@ def _check_x(x: torch.Tensor) -> None:
             "x contains NaN or inf; start from finite noise, "
             "e.g. mode_policy.diffusion.samplers.initial_noise(shape, sigmas)"
         )
+
+
+def _checked_inpainting(
+    inpaint: Inpainting | None, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(known in x's dtype and device, mask broadcast to x's shape), or None when nothing is held."""
+    if inpaint is None:
+        return None
+    shape = tuple(x.shape)
+    if not isinstance(inpaint, Inpainting):
+        raise ValueError(
+            f"inpaint must be mode_policy.diffusion.Inpainting(known, mask) or None, got "
+            f"{type(inpaint).__name__}"
+        )
+    known, mask = inpaint.known, inpaint.mask
+    if not isinstance(known, torch.Tensor) or tuple(known.shape) != shape:
+        got = tuple(known.shape) if isinstance(known, torch.Tensor) else type(known).__name__
+        raise ValueError(
+            f"Inpainting.known must be a tensor of x's shape {shape} (the clean values to hold), got {got}"
+        )
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        got = f"dtype {mask.dtype}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"Inpainting.mask must be a bool tensor (True = held), got {got}; pass mask.bool()")
+    try:
+        broadcast = torch.broadcast_shapes(tuple(mask.shape), shape)
+    except RuntimeError:
+        broadcast = None
+    if broadcast != torch.Size(shape):
+        raise ValueError(
+            f"Inpainting.mask of shape {tuple(mask.shape)} does not broadcast to x's shape {shape}; pass a "
+            "mask of x's shape or one with size-1 dimensions where it is shared"
+        )
+    mask = mask.to(x.device).expand(shape)
+    if not bool(mask.any()):
+        return None
+    known = known.to(device=x.device, dtype=x.dtype)
+    with torch.no_grad():
+        finite = bool(torch.isfinite(known[mask]).all())
+    if not finite:
+        raise ValueError("Inpainting.known contains NaN or inf where mask is True; hold finite values")
+    return known.masked_fill(~mask, 0.0), mask  # entries outside the mask are ignored, whatever they hold
 
 
 def _checked_sigmas(sigmas: torch.Tensor) -> list[float]:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 
+from mode_policy.diffusion.samplers import Inpainting
 from mode_policy.nn.config import MoDEConfig
 from mode_policy.nn.edm_denoiser import CONFIG_FILE, WEIGHTS_FILE, DenoiserLoss, EDMDenoiser
 from mode_policy.nn.expert_cache import ExpertCache
@@ -73,11 +74,15 @@ class MoDEDenoiser(EDMDenoiser):
         method: str = "ddim",
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        noise: torch.Tensor | None = None,
+        inpaint: Inpainting | None = None,
     ) -> torch.Tensor:
         """Sample an action chunk (batch, chunk, action_dim); with ``use_cache`` (and a routing that allows
-        it: not token routing) the experts of each step come from the expert cache."""
+        it: not token routing) the experts of each step come from the expert cache. ``noise`` (standard
+        normal, (batch, chunk, action_dim)) replaces the start drawn from ``generator``; ``inpaint`` holds
+        entries of the chunk (``mode_policy.diffusion.Inpainting``), as in ``EDMDenoiser.sample_actions``."""
         model = self.bind(obs, goal, sigmas if use_cache and self.config.cacheable else None)
-        return self._sample(model, obs.shape[0], sigmas, method, generator)
+        return self._sample(model, obs.shape[0], sigmas, method, generator, noise, inpaint)
 
     def bind(
         self, obs: torch.Tensor, goal: torch.Tensor, sigmas: torch.Tensor | None = None

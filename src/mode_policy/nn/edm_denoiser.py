@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mode_policy.diffusion.preconditioning import EDMPreconditioning, expand_like
-from mode_policy.diffusion.samplers import sample
+from mode_policy.diffusion.samplers import Inpainting, sample
 from mode_policy.io import atomic_write, load_safetensors
 
 CONFIG_FILE = "config.json"
@@ -143,9 +143,16 @@ class EDMDenoiser(nn.Module):
         *,
         method: str = "ddim",
         generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+        inpaint: Inpainting | None = None,
     ) -> torch.Tensor:
-        """Sample an action chunk (batch, chunk, action_dim) from noise at sigmas[0]."""
-        return self._sample(self.bind(obs, goal), obs.shape[0], sigmas, method, generator)
+        """Sample an action chunk (batch, chunk, action_dim) from noise at sigmas[0].
+
+        noise: optional standard normal start (batch, chunk_size, action_dim), scaled by sigmas[0] like
+        the noise otherwise drawn from ``generator`` (which still drives a stochastic sampler's noise).
+        inpaint: entries of the (normalised) chunk to hold, see ``mode_policy.diffusion.Inpainting``.
+        """
+        return self._sample(self.bind(obs, goal), obs.shape[0], sigmas, method, generator, noise, inpaint)
 
     def _sample(
         self,
@@ -154,16 +161,32 @@ class EDMDenoiser(nn.Module):
         sigmas: torch.Tensor,
         method: str,
         generator: torch.Generator | None,
+        noise: torch.Tensor | None = None,
+        inpaint: Inpainting | None = None,
     ) -> torch.Tensor:
-        """Run ``model`` through the sampler from fresh noise; (batch, chunk, action_dim)."""
+        """Run ``model`` through the sampler from ``noise`` (standard normal, (batch, chunk, action_dim)),
+        drawn from ``generator`` when None; returns (batch, chunk, action_dim)."""
         reference = next(self.network.parameters())  # the device and dtype to sample on
         shape = (batch, self.config.chunk_size, self.config.action_dim)
         sigmas = torch.as_tensor(sigmas, dtype=reference.dtype, device=reference.device)
-        x = (
-            torch.randn(shape, generator=generator, device=reference.device, dtype=reference.dtype)
-            * sigmas[0]
-        )
-        return sample(model, x, sigmas, method=method, generator=generator)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device=reference.device, dtype=reference.dtype)
+        else:
+            noise = self._checked_noise(noise, shape).to(device=reference.device, dtype=reference.dtype)
+        x = noise * sigmas[0]
+        return sample(model, x, sigmas, method=method, generator=generator, inpaint=inpaint)
+
+    def _checked_noise(self, noise: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+        config = self.config
+        if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != shape:
+            got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+            raise ValueError(
+                f"noise must be a standard normal tensor of shape (batch={shape[0]}, "
+                f"chunk_size={config.chunk_size}, action_dim={config.action_dim}), got {got}"
+            )
+        if not noise.is_floating_point() or not bool(torch.isfinite(noise).all()):
+            raise ValueError(f"noise must hold finite floating-point values, got dtype {noise.dtype}")
+        return noise
 
     # Bookkeeping ------------------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:

@@ -104,6 +104,11 @@ class ChunkingPolicy(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    def check_observation(self, obs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The inputs ``predict_action_chunk`` would take from ``obs``, checked: {key: (B, n_obs_steps, ...)};
+        ValueError (KeyError for a missing key) naming the problem. A server checks each request with it."""
+        return self._observation(obs, history=True)
+
     def _observation(self, obs: Mapping[str, Any], *, history: bool) -> dict[str, torch.Tensor]:
         """Each feature of ``observation_keys``, checked, on the policy's device: with ``history`` the
         n_obs_steps of ``predict_action_chunk`` ((B, T, ...)), else one env step ((B, ...))."""

@@ -158,10 +158,12 @@ class CompiledProgram:
         goal: torch.Tensor,
         tasks: list[str],
         generator: torch.Generator | None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """The compiled chunk for checked observations, (B, chunk_size, action_dim) in the data's units;
         None where it does not apply: the weights changed since compile(), or a program that takes a task
-        index meets an instruction that is not a training task."""
+        index meets an instruction that is not a training task. ``noise``: the program's noise input
+        (checked by the caller), else drawn from ``generator``."""
         if not self.valid_for(policy):
             return None
         program, task_index = self.program, None
@@ -170,7 +172,8 @@ class CompiledProgram:
             if any(task not in known for task in tasks):
                 return None
             task_index = torch.tensor([known.index(task) for task in tasks], device=goal.device)
-        noise = program.draw_noise(len(tasks), generator, goal.device, goal.dtype)
+        if noise is None:
+            noise = program.draw_noise(len(tasks), generator, goal.device, goal.dtype)
         return self.compiled(*program.inputs(observation, goal, noise, task_index))
 
 

@@ -72,13 +72,18 @@ class OnnxPolicy(ChunkingPolicy):
 
     @torch.no_grad()
     def predict_action_chunk(
-        self, obs: Mapping[str, Any], *, generator: torch.Generator | None = None
+        self,
+        obs: Mapping[str, Any],
+        *,
+        generator: torch.Generator | None = None,
+        noise: Any = None,
     ) -> torch.Tensor:
         """A chunk of actions in the data's units, (B, chunk_size, action_dim): one graph call.
 
         obs: the observation history as for the torch policy, and ``task`` (instruction strings from the
         file's table) or ``task_index`` (B,) ints into it. ``generator`` draws the noise as the torch
-        policy would (the same generator gives the same actions, up to float rounding).
+        policy would (the same generator gives the same actions, up to float rounding); ``noise``
+        (B, *noise_spec.shape) gives it instead (a server draws each request's own).
         """
         observation = self._observation(obs, history=True)  # checked, (B, n_obs_steps, ...)
         batch = next(iter(observation.values())).shape[0]
@@ -89,8 +94,24 @@ class OnnxPolicy(ChunkingPolicy):
         else:
             feeds[GOAL_INPUT] = self.task_embeddings[rows]  # (B, goal_dim)
         if self.noise is not None:
-            feeds[NOISE_INPUT] = self.noise.draw(batch, generator, "cpu", torch.float32).numpy()
+            feeds[NOISE_INPUT] = self._noise(noise, batch, generator)
         return self._checked_actions(torch.from_numpy(self._run(feeds, batch)))
+
+    @property
+    def noise_spec(self) -> NoiseSpec | None:
+        """The random numbers one chunk takes per row (None: the graph is deterministic)."""
+        return self.noise
+
+    def _noise(self, noise: Any, batch: int, generator: torch.Generator | None) -> np.ndarray:
+        if noise is None:
+            return self.noise.draw(batch, generator, "cpu", torch.float32).numpy()
+        given = np.asarray(noise.detach().cpu() if isinstance(noise, torch.Tensor) else noise, np.float32)
+        expected = (batch, *self.noise.shape)
+        if given.shape != expected or not np.isfinite(given).all():
+            raise ValueError(
+                f"noise must be finite with shape {expected} (batch, *noise_spec.shape), got {given.shape}"
+            )
+        return given
 
     def _run(self, feeds: dict[str, np.ndarray], batch: int) -> np.ndarray:
         """The graph on ``feeds``; a graph built for a fixed batch size takes a larger batch in pieces (the

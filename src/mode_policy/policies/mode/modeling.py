@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mode_policy.diffusion.samplers import Inpainting
 from mode_policy.keys import ACTION_IS_PAD_KEY, ACTION_KEY, STATE_KEY
 from mode_policy.nn.encoders.language import LanguageEncoder
 from mode_policy.nn.encoders.vision import VisionEncoder, random_shift
@@ -33,7 +34,7 @@ from mode_policy.policies.base import ChunkingPolicy
 from mode_policy.policies.inputs import image_input, instructions
 from mode_policy.policies.mode.configuration import MoDEPolicyConfig
 from mode_policy.policies.mode.program import DiffusionChunk
-from mode_policy.policies.program import CompiledProgram, compile_program
+from mode_policy.policies.program import CompiledProgram, NoiseSpec, compile_program
 from mode_policy.policies.registry import register_policy
 
 
@@ -150,6 +151,8 @@ class MoDEPolicy(ChunkingPolicy):
         *,
         generator: torch.Generator | None = None,
         use_expert_cache: bool | None = None,
+        noise: Any = None,
+        prefix: Any = None,
     ) -> torch.Tensor:
         """Sample a chunk of actions in the data's units: (B, chunk_size, action_dim).
 
@@ -159,17 +162,30 @@ class MoDEPolicy(ChunkingPolicy):
         cached experts of each sampler step (None: ``config.use_expert_cache``); ignored by denoisers that
         have no cache (token routing, the CNN). ``generator`` (on the policy's device) makes the draw
         reproducible.
+
+        noise: optional standard normal start of the sampler, (B, chunk_size, action_dim) array or tensor,
+        used instead of drawing it from ``generator`` (``torch.randn`` with the generator and that shape
+        gives the same chunk); each row depends only on its own noise. prefix: optional (B, k,
+        action_dim) with 1 <= k <= chunk_size, the actions already committed for the chunk's first k
+        timesteps, in the data's units: they are held while sampling (inpainting,
+        ``mode_policy.diffusion.Inpainting``) and the rest of the chunk is sampled to continue them; the
+        chunk's first k actions then equal ``prefix`` up to float rounding (and the clamp to the data
+        range when actions are min_max normalised and ``config.clip_sample``). A compiled policy
+        (``compile()``) takes ``noise`` as its program's input, and samples eagerly when given ``prefix``.
         """
         config = self.config
         inputs = self._observation(obs, history=True)  # {key: (B, n_obs_steps, ...)}, checked
         batch = next(iter(inputs.values())).shape[0]
         tasks = instructions(obs, batch)
+        if noise is not None:
+            noise = self._chunk_input(noise, "noise", batch)  # (B, chunk_size, action_dim)
+        inpaint = None if prefix is None else self._prefix_inpainting(prefix, batch)
         use_cache = config.use_expert_cache if use_expert_cache is None else use_expert_cache
         with self._eval_mode():
             goal = self._goal(tasks)
             compiled = None
-            if self._compiled is not None and use_cache:
-                compiled = self._compiled.chunk(self, inputs, goal, tasks, generator)
+            if self._compiled is not None and use_cache and inpaint is None:
+                compiled = self._compiled.chunk(self, inputs, goal, tasks, generator, noise)
             if compiled is not None:
                 return self._checked_actions(compiled)
             sigmas = config.sampling_sigmas(dtype=self.dtype, device=self.device)
@@ -178,9 +194,14 @@ class MoDEPolicy(ChunkingPolicy):
             images = {key: inputs[key] for key in config.image_keys}  # (B, n_obs_steps, 3, H, W)
             actions = self.denoiser.sample_actions(
                 self._obs_tokens(state, images, goal), goal, sigmas, method=config.sampler,
-                generator=generator, **options,
+                generator=generator, noise=noise, inpaint=inpaint, **options,
             )  # (B, chunk_size, action_dim), normalised  # fmt: skip
         return self._checked_actions(self._to_data_units(actions))
+
+    @property
+    def noise_spec(self) -> NoiseSpec:
+        """The random numbers one chunk takes per row: the sampler's standard normal start."""
+        return NoiseSpec("normal", (self.config.chunk_size, self.config.action_dim))
 
     # Programs: export and compile -------------------------------------------------------------------
     def chunk_program(self, *, task: str | None = None, fuse_experts: bool = False) -> DiffusionChunk:
@@ -242,6 +263,47 @@ class MoDEPolicy(ChunkingPolicy):
                 value = flat.reshape(value.shape)
             images[key] = value
         return images
+
+    def _chunk_input(self, value: Any, name: str, batch: int) -> torch.Tensor:
+        """``noise`` (B, chunk_size, action_dim) or ``prefix`` (B, k, action_dim), 1 <= k <= chunk_size,
+        as a finite tensor on the policy's device and dtype; one ValueError line naming ``name`` if not."""
+        config = self.config
+        if name == "prefix":
+            expected = (
+                f"(B={batch}, k, action_dim={config.action_dim}) with 1 <= k <= "
+                f"chunk_size={config.chunk_size} (the chunk's first k actions, in the data's units)"
+            )
+        else:
+            expected = (
+                f"(B={batch}, chunk_size={config.chunk_size}, action_dim={config.action_dim}) "
+                "(standard normal)"
+            )
+        try:
+            tensor = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(f"{name} must be an array of shape {expected} ({error})") from None
+        steps = range(1, config.chunk_size + 1) if name == "prefix" else (config.chunk_size,)
+        ends = (batch, config.action_dim)
+        if tensor.dim() != 3 or (tensor.shape[0], tensor.shape[2]) != ends or tensor.shape[1] not in steps:
+            raise ValueError(f"{name} must have shape {expected}, got {tuple(tensor.shape)}")
+        if tensor.dtype == torch.bool or tensor.is_complex():
+            raise ValueError(f"{name} must hold real numbers of shape {expected}, got dtype {tensor.dtype}")
+        tensor = tensor.to(device=self.device, dtype=self.dtype)
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{name} contains NaN or inf values; pass finite values of shape {expected}")
+        return tensor
+
+    def _prefix_inpainting(self, prefix: Any, batch: int) -> Inpainting:
+        """The sampler's Inpainting for a checked prefix (B, k, action_dim) in the data's units: its
+        normalised values held on the chunk's first k timesteps."""
+        config = self.config
+        prefix = self._chunk_input(prefix, "prefix", batch)
+        k = prefix.shape[1]
+        known = prefix.new_zeros(batch, config.chunk_size, config.action_dim)
+        known[:, :k] = self.normalizer.normalize(ACTION_KEY, prefix)
+        mask = torch.zeros(1, config.chunk_size, 1, dtype=torch.bool, device=prefix.device)
+        mask[:, :k] = True
+        return Inpainting(known, mask)
 
     def _tensor(
         self,
