@@ -62,3 +62,11 @@ def test_an_empty_token_file_is_refused(tmp_path, capsys):
     empty.write_text("\n")
     assert main(["serve", "--policy", "mt10-mode-small", "--token-file", str(empty)]) == 2
     assert "one non-empty line" in capsys.readouterr().err
+
+
+def test_serving_on_a_port_in_use_is_one_line(tmp_path, capsys):
+    policy = write_policy(tmp_path / "policy")
+    with PolicyServer(load_policy(policy, device="cpu"), port=0) as taken:
+        assert main(["serve", "--policy", str(policy), "--port", str(taken.port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"cannot serve on 127.0.0.1:{taken.port}" in err, err

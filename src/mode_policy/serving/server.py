@@ -19,9 +19,10 @@ import contextlib
 import hmac
 import inspect
 import itertools
+import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +104,8 @@ class PolicyServer:
         self._queue: asyncio.Queue[_Request] | None = None
         self._replies: set[asyncio.Task] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
+        self._inline: queue.Queue | None = None  # run(): (group, future) for the main thread
+        self._failure: OSError | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -113,26 +116,51 @@ class PolicyServer:
 
     # Running --------------------------------------------------------------------------------------------
     def run(self) -> None:
-        """Serve until interrupted (Ctrl-C)."""
+        """Serve until interrupted (Ctrl-C). The policy runs in this (the main) thread and the network in a
+        background one: torch's CPU thread pool runs a small model about twice as slowly when it is
+        called from a second thread while the main thread's pool idles (measured; benchmarks/RESULTS.md)."""
+        self._inline = queue.Queue()
+        ready = threading.Event()
+        network = threading.Thread(target=self._network, args=(ready,), daemon=True)
+        network.start()
+        ready.wait(30)
         try:
-            asyncio.run(self._serve(threading.Event()))
+            while network.is_alive():
+                try:
+                    group, future = self._inline.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                future.set_result(self._infer(group))
         except KeyboardInterrupt:
             pass
         finally:
+            self.stop()
             self._executor.shutdown(wait=False)
+        if self._failure is not None:
+            raise self._failure
 
     def start(self) -> PolicyServer:
         """Serve from a background thread; returns once the port is open (use as a context manager)."""
         ready = threading.Event()
-        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(ready),), daemon=True)
+        self._thread = threading.Thread(target=self._network, args=(ready,), daemon=True)
         self._thread.start()
-        if not ready.wait(30) or self._loop is None:
-            raise RuntimeError(f"the policy server did not start on {self.host}:{self.port}")
+        if not ready.wait(30) or self._failure is not None:
+            raise self._failure or RuntimeError(f"the policy server did not start on {self.host}:{self.port}")
         return self
+
+    def _network(self, ready: threading.Event) -> None:
+        """The event loop, all the thread's life; a failure to serve (a port in use) waits for the caller."""
+        try:
+            asyncio.run(self._serve(ready))
+        except OSError as problem:
+            self._failure = OSError(f"cannot serve on {self.host}:{self.port}: {problem.strerror or problem}")
+        finally:
+            ready.set()
 
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+            with contextlib.suppress(RuntimeError):  # the loop has ended already (it failed to serve)
+                self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(10)
             self._thread = None
@@ -327,7 +355,12 @@ class PolicyServer:
             for _, group in itertools.groupby(batch, key=lambda r: repr(r.key)):
                 group = list(group)
                 started = time.perf_counter()
-                outcomes = await loop.run_in_executor(self._executor, self._infer, group)
+                if self._inline is not None:  # run(): the main thread runs the policy
+                    future: Future = Future()
+                    self._inline.put((group, future))
+                    outcomes = await asyncio.wrap_future(future)
+                else:  # start(): the policy thread
+                    outcomes = await loop.run_in_executor(self._executor, self._infer, group)
                 finished = time.perf_counter()
                 for request, outcome in zip(group, outcomes, strict=True):
                     reply = loop.create_task(self._reply(request, outcome, started, finished, len(group)))
