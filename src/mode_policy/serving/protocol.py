@@ -69,6 +69,17 @@ def encode(message: dict[str, Any]) -> bytes:
     return msgpack.packb(message, default=_encode_array, use_bin_type=True)
 
 
+def encode_entries(fields: dict[str, Any]) -> bytes:
+    """The packed key/value pairs of a map without its header: parts of one message, encoded apart."""
+    packer = msgpack.Packer(default=_encode_array, use_bin_type=True)
+    return b"".join(packer.pack(key) + packer.pack(value) for key, value in fields.items())
+
+
+def join_entries(count: int, *parts: bytes) -> bytes:
+    """One message from ``encode_entries`` parts holding ``count`` entries in all."""
+    return msgpack.Packer().pack_map_header(count) + b"".join(parts)
+
+
 def decode(data: Any, *, max_elements: int = 1 << 24) -> dict[str, Any]:
     """One received frame -> the message, its arrays as numpy arrays; ProtocolError naming what is wrong.
 

@@ -41,7 +41,9 @@ from mode_policy.serving.protocol import (
     check_client_message,
     decode,
     encode,
+    encode_entries,
     error,
+    join_entries,
 )
 
 
@@ -402,15 +404,15 @@ class PolicyServer:
             await request.send(error(outcome, request.id))
             return
         self.served += 1
-        encoding = time.perf_counter()
         timing = {
             "queue_ms": 1000 * (started - request.arrived), "inference_ms": 1000 * (finished - started),
             "batch": batch,
         }  # fmt: skip
-        reply = {"type": "actions", "id": request.id, "actions": outcome, "timing": timing}
-        encode(reply)  # measured once: the reply carries how long its own encoding takes
+        reply = {"type": "actions", "id": request.id, "actions": outcome}
+        encoding = time.perf_counter()
+        body = encode_entries(reply)  # encoded once; the timing, which reports it, is appended after
         timing["serialize_ms"] = 1000 * (time.perf_counter() - encoding)
-        await request.send(encode(reply))
+        await request.send(join_entries(len(reply) + 1, body, encode_entries({"timing": timing})))
 
     # Metadata -------------------------------------------------------------------------------------------
     def _metadata(self, control_hz: float | None) -> dict[str, Any]:
