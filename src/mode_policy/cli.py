@@ -174,8 +174,8 @@ def eval_command(args: argparse.Namespace) -> int:
 def _eval_here(args: argparse.Namespace, episodes: dict) -> dict:
     from mode_policy.evaluation.rollout import evaluate
 
-    if args.latency_ms is not None or args.modes is not None or args.token_file is not None:
-        raise ValueError("--latency-ms, --modes and --token-file go with --server")
+    if any(getattr(args, name) is not None for name in ("latency_ms", "modes", "token_file", "replan_steps")):
+        raise ValueError("--latency-ms, --modes, --replan-steps and --token-file go with --server")
     return evaluate(
         args.policy,
         video_dir=args.video_dir,
@@ -197,6 +197,7 @@ def _eval_served(args: argparse.Namespace, episodes: dict) -> dict:
         latency_ms=args.latency_ms if args.latency_ms is not None else [0.0],
         control_hz=args.control_hz,
         modes=args.modes.split(",") if args.modes else ("sync", "weighted", "inpaint"),
+        replan_steps=args.replan_steps,
         token=_read_token(args.token_file),
         **episodes,
     )
@@ -422,6 +423,10 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="with --server: sync,latest,weighted,crossfade,inpaint (sync,weighted,inpaint)",
     )
+    eval_parser.add_argument(
+        "--replan-steps", type=int, default=None,
+        help="with --server: an async robot asks for a chunk every N steps (the policy's n_action_steps)",
+    )  # fmt: skip
     eval_parser.add_argument("--token-file", default=None, help="with --server: the server's token")
     eval_parser.add_argument("--suite", choices=["mt10", "mt50"], default="mt10")
     eval_parser.add_argument("--tasks", default=None, help="comma-separated subset, e.g. reach-v3,push-v3")

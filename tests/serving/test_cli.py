@@ -44,6 +44,8 @@ def test_eval_through_a_server_compares_sync_blending_and_inpainting(tmp_path, c
         (["eval", "--server", "ws://127.0.0.1:9", "--tasks", "reach"], "no policy server answers"),
         (["eval", "--server", "http://x", "--tasks", "reach"], "ws://"),
         (["eval", "--policy", "mt10-mode-small", "--latency-ms", "50"], "go with --server"),
+        (["eval", "--policy", "mt10-mode-small", "--replan-steps", "2"], "go with --server"),
+        (["eval", "--server", "ws://127.0.0.1:9", "--replan-steps", "0"], "--replan-steps"),
         (["eval", "--tasks", "reach"], "--policy"),
     ],
 )  # fmt: skip
@@ -70,3 +72,38 @@ def test_serving_on_a_port_in_use_is_one_line(tmp_path, capsys):
         assert main(["serve", "--policy", str(policy), "--port", str(taken.port)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"cannot serve on 127.0.0.1:{taken.port}" in err, err
+
+
+@pytest.mark.slow
+def test_an_image_policy_is_evaluated_through_a_server(tmp_path, capsys):
+    pytest.importorskip("metaworld")
+    from mode_policy.evaluation.rollout import osmesa_available
+
+    if not osmesa_available():
+        pytest.skip("camera images need OSMesa (apt-get install libosmesa6)")
+    import numpy as np
+    import torch
+
+    from mode_policy.policies import MoDEPolicy, MoDEPolicyConfig
+    from tests.bad_inputs.fixtures import INSTRUCTIONS
+
+    torch.manual_seed(0)
+    config = MoDEPolicyConfig.from_dict({
+        "state_dim": 39, "language_encoder": "onehot", "tasks": list(INSTRUCTIONS), "n_obs_steps": 2,
+        "image_keys": ["observation.images.corner"], "image_size": 40, "vision_feature_dim": 16,
+        "num_inference_steps": 2,
+        "denoiser": {"width": 16, "depth": 1, "heads": 2, "num_experts": 2, "top_k": 1},
+    })  # fmt: skip
+    stats = {key: {"mean": np.zeros(n), "std": np.ones(n), "min": -np.ones(n), "max": np.ones(n)}
+             for key, n in (("observation.state", 39), ("action", 4))}  # fmt: skip
+    policy = MoDEPolicy(config, stats).eval()
+    out = tmp_path / "served"
+    with PolicyServer(policy, port=0) as server:
+        code = main(["eval", "--server", server.url, "--tasks", "reach", "--episodes-per-task", "1",
+                     "--workers", "1", "--max-episode-steps", "12", "--latency-ms", "100", "--modes",
+                     "sync,inpaint", "--out", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    runs = json.loads((out / "served.json").read_text())["runs"]
+    assert [run["mode"] for run in runs] == ["sync", "inpaint"]
+    for run in runs:  # every request carried two camera frames and two states, as the policy checks
+        assert run["steps"] == 12 and run["requests"] >= 2

@@ -15,7 +15,8 @@ CHUNK, ACTION_DIM, N_ACTION = 6, 1, 3
 
 
 class ScriptedClient:
-    """Request r returns a chunk whose every action is r + 1 (and, with a prefix, the prefix first)."""
+    """Request r returns a chunk whose every action is r + 1, or seed + 1 for a seeded request (and, with
+    a prefix, the prefix first)."""
 
     url = "scripted://"
 
@@ -28,7 +29,8 @@ class ScriptedClient:
         time.sleep(self.delay_s)
         self.requests += 1
         self.prefixes.append(None if prefix is None else prefix.copy())
-        chunk = np.full((CHUNK, ACTION_DIM), float(self.requests), np.float32)
+        value = self.requests if seed is None else seed + 1  # a seed tells the requests of copies apart
+        chunk = np.full((CHUNK, ACTION_DIM), float(value), np.float32)
         if prefix is not None:
             chunk[: len(prefix)] = prefix
         return chunk
@@ -96,7 +98,7 @@ def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="blend"):
         AsyncActionStream(ScriptedClient(), task="t", blend="smooth")
     with pytest.raises(ValueError, match="threshold"):
-        AsyncActionStream(ScriptedClient(), task="t", threshold=CHUNK)
+        AsyncActionStream(ScriptedClient(), task="t", threshold=CHUNK + 1)
     with pytest.raises(ValueError, match="cannot inpaint"):
         AsyncActionStream(ScriptedClient(inpainting=False), task="t")
     with pytest.raises(ValueError, match="exactly one"):
@@ -148,6 +150,30 @@ def test_two_requests_in_flight_keep_the_queue_full_when_the_delay_exceeds_half_
         starved[in_flight] = stream.stats["starved"]
     # One at a time: each chunk of 6 brings 6 - 4 = 2 new actions per 4 steps, so the queue runs dry.
     assert starved[1] > 10 and starved[2] == 0
+
+
+def test_a_threshold_of_the_chunk_size_asks_at_every_step():
+    client = ScriptedClient()
+    stream = AsyncActionStream(client, task="t", blend="latest", threshold=CHUNK, delay_steps=2,
+                               max_in_flight=2, seed=0)  # fmt: skip
+    actions = run(stream, 20)
+    # Every step sends one request and every reply lands 2 steps later, so from step 2 on the action run
+    # at step t comes from the request sent at t - 2 (request r, the r-th from 0, carries seed r).
+    assert stream.stats["requests"] == 20 and stream.stats["starved"] == 0
+    assert actions[2:] == [float(t - 2 + 1) for t in range(2, 20)]
+
+
+@pytest.mark.parametrize(("delay", "replan"), [(1, 1), (2, 1), (2, 2), (2, 4), (3, 3), (4, 2)])
+def test_the_served_evaluations_schedule_replans_every_r_steps_and_never_runs_dry(delay, replan):
+    from mode_policy.serving.evaluate import _request_schedule
+
+    threshold, in_flight = _request_schedule(CHUNK, delay, replan)
+    stream = AsyncActionStream(ScriptedClient(), task="t", blend="latest", threshold=threshold,
+                               delay_steps=delay, max_in_flight=in_flight)  # fmt: skip
+    run(stream, 60)
+    effective = min(replan, CHUNK - delay)  # cut so that each reply lands before the queue runs dry
+    assert stream.stats["starved"] == 0
+    assert abs(stream.stats["requests"] - 60 / effective) <= 2
 
 
 def test_the_stream_keeps_acting_through_a_server_restart():

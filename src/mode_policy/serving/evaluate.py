@@ -54,6 +54,7 @@ def evaluate_served(
     latency_ms: list[float] = (0.0,),
     control_hz: float = 20.0,
     modes: list[str] = ("sync", "weighted", "inpaint"),
+    replan_steps: int | None = None,
     token: str | None = None,
     num_workers: int = 2,
     max_concurrent: int = 100,
@@ -70,6 +71,9 @@ def evaluate_served(
         raise ValueError(f"--modes must be some of {', '.join(MODES)}, got {list(modes)}")
     if not control_hz > 0:
         raise ValueError(f"--control-hz must be > 0, got {control_hz}")
+    if replan_steps is not None and (isinstance(replan_steps, bool) or not isinstance(replan_steps, int)
+                                     or replan_steps < 1):  # fmt: skip
+        raise ValueError(f"--replan-steps must be an integer >= 1, got {replan_steps!r}")
     names = suite_tasks(suite, tasks)
     if out_dir is not None:
         out_dir = check_output_dir(out_dir, option="--out", owned=RESULT_FILES, what="results folder")
@@ -94,7 +98,8 @@ def evaluate_served(
     results = {
         "server": url, "policy_type": metadata["policy_type"], "suite": suite.lower(), "tasks": names,
         "episodes_per_task": episodes_per_task, "seed": seed, "control_hz": control_hz,
-        "round_trip_ms": round_trip_ms, "max_episode_steps": horizon, "runs": [],
+        "round_trip_ms": round_trip_ms, "max_episode_steps": horizon,
+        "replan_steps": replan_steps or metadata["n_action_steps"], "runs": [],
     }  # fmt: skip
     runs = results["runs"]
     plan = [(mode, latency) for mode in modes for latency in (latencies[:1] if mode == "sync" else latencies)]
@@ -103,10 +108,24 @@ def evaluate_served(
             delay = max(1, math.ceil((latency + round_trip_ms) / step_ms))
             began = time.perf_counter()
             episodes = _play(
-                pool, jobs, url, token, metadata, mode, delay, horizon, max_concurrent, seed, progress
+                pool,
+                jobs,
+                url,
+                token,
+                metadata,
+                mode,
+                delay,
+                horizon,
+                max_concurrent,
+                seed,
+                progress,
+                results["replan_steps"],
             )
             runs.append(_summary(mode, latency, delay, episodes, names, step_ms, round_trip_ms, latency,
                                  time.perf_counter() - began))  # fmt: skip
+            if mode != "sync":
+                threshold, _ = _request_schedule(metadata["chunk_size"], delay, results["replan_steps"])
+                runs[-1]["replan_steps"] = metadata["chunk_size"] - threshold + 1
             if progress:
                 print(_row(runs[-1]))
             if out_dir is not None:  # after every run: a long evaluation keeps what it has measured
@@ -149,8 +168,21 @@ def _observation(raw: Any) -> dict[str, np.ndarray]:
     }
 
 
+def _request_schedule(chunk: int, delay: int, replan_steps: int) -> tuple[int, int]:
+    """(threshold, max_in_flight) of an async robot that asks for a new chunk every ``replan_steps``.
+
+    A request sent at t0 covers steps up to t0 + chunk - 1, so with threshold ``chunk - r + 1`` the next
+    one goes out at t0 + r; it lands ``delay`` steps after it was sent, so ``ceil(delay / r)`` requests are
+    out at once, and r is cut to ``chunk - delay`` (when it is more) so that a reply lands before the queue
+    runs dry.
+    """
+    replan = max(1, min(replan_steps, chunk - delay))
+    return chunk - replan + 1, max(1, math.ceil(delay / replan))
+
+
 def _play(pool: EnvPool, jobs: list, url: str, token: str | None, meta: dict[str, Any], mode: str, delay: int,
-          horizon: int, max_concurrent: int, seed: int, progress: bool) -> list[dict[str, Any]]:  # fmt: skip
+          horizon: int, max_concurrent: int, seed: int, progress: bool,
+          replan_steps: int) -> list[dict[str, Any]]:  # fmt: skip
     from mode_policy.envs.metaworld import instruction
 
     episodes = []
@@ -159,12 +191,7 @@ def _play(pool: EnvPool, jobs: list, url: str, token: str | None, meta: dict[str
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(jobs), desc=f"served ({mode}, {delay} step delay)", unit="ep", leave=False)
-    # Ask `delay` steps before the policy's own replanning point (after n_action_steps of a chunk), so the
-    # new chunk takes over where synchronous execution would; commit to the `delay` steps run meanwhile.
-    chunk = meta["chunk_size"]
-    threshold = min(chunk - 1, chunk - meta["n_action_steps"] + delay + 1)
-    # A chunk that lands `delay` steps late brings chunk - delay new actions: stagger enough requests.
-    in_flight = min(4, max(1, math.ceil(delay / max(1, chunk - delay))))
+    threshold, in_flight = _request_schedule(meta["chunk_size"], delay, replan_steps)
     for first in range(0, len(jobs), max_concurrent):
         wave = jobs[first : first + max_concurrent]
         streams = {}
@@ -174,7 +201,7 @@ def _play(pool: EnvPool, jobs: list, url: str, token: str | None, meta: dict[str
                 mode="sync" if mode == "sync" else "async", blend="latest" if mode == "sync" else mode,
                 seed=seed * 1_000_003 + job * 10_007, delay_steps=delay,
                 threshold=None if mode == "sync" else threshold, max_in_flight=in_flight,
-                hold_steps=min(delay, chunk - 1) if mode == "inpaint" else None,
+                hold_steps=min(delay, meta["chunk_size"] - 1) if mode == "inpaint" else None,
             )  # fmt: skip
         try:
             current = pool.start(

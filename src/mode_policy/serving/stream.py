@@ -60,8 +60,9 @@ class AsyncActionStream:
 
     client: a :class:`PolicyClient` (used only by the stream's thread from then on) or a URL. task or
     task_index: what the robot does. threshold: request the next chunk when fewer actions than this are
-    queued (default ``chunk_size - n_action_steps``, at least 1); set it above the round trip in control
-    steps (e.g. 150 ms at 20 Hz: 3 steps, so at least 4), or the queue runs dry and actions are held.
+    queued (default ``chunk_size - n_action_steps``, at least 1; at most ``chunk_size``: ask at every
+    step); set it above the round trip in control steps (e.g. 150 ms at 20 Hz: 3 steps, so at least 4),
+    or the queue runs dry and actions are held.
     hold_steps (inpaint): how many of the queued actions the request commits to, the steps the robot will
     run before the reply can land (the round trip in control steps, as real-time chunking's delay); the
     rest of the overlap is sampled afresh from the new observation. None: every queued action.
@@ -102,8 +103,8 @@ class AsyncActionStream:
         self.chunk_size, self.n_action_steps = meta["chunk_size"], meta["n_action_steps"]
         self.n_obs_steps = meta["n_obs_steps"]
         default = max(1, self.chunk_size - self.n_action_steps)
-        self.threshold = _integer_in(
-            "threshold", default if threshold is None else threshold, 1, self.chunk_size
+        self.threshold = _integer_in(  # threshold = chunk_size: ask at every step (see max_in_flight)
+            "threshold", default if threshold is None else threshold, 1, self.chunk_size + 1
         )
         self.max_in_flight = 1 if mode == "sync" else _integer_in("max_in_flight", max_in_flight, 1, None)
         self.hold_steps = (
