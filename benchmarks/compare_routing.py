@@ -1,21 +1,30 @@
 """The routing family and the baselines on one benchmark: same data, steps and seeds for every variant.
 
     python benchmarks/compare_routing.py --suite mt50 --demos-per-task 10 --steps 3000 --seeds 0,1,2
-    python benchmarks/compare_routing.py --variants mode,dense_active --steps 200 --eval-episodes 2  # smoke
+    python benchmarks/compare_routing.py --variants mode,mot --seeds 0        # some rows, added to the rest
+    python benchmarks/compare_routing.py --variants mode,dense_active --steps 200 --eval-episodes 2 \
+        --tag smoke                                                            # a smoke run, kept apart
 
 For each variant and seed: train the state-based policy (same defaults as `mode-policy train`, only the
-denoiser differs), evaluate it on the suite, and record mean success. Then, per variant, measure total and
-active parameters, MACs per chunk (torch FlopCounterMode, every matmul/conv) and ms per chunk at batch 1
-and 256 (variants interleaved in one run, expert cache on where the variant allows it), and save its
-expert-usage heatmap. Writes benchmarks/results/compare-routing-<suite>-<demos>demos.{json,md} and
-benchmarks/results/routing/<variant>.png.
+denoiser differs) with a validation loss on held-out demonstrations (2 per task, their own seeds) every
+tenth of the run, evaluate it on the suite (evaluation seeds 1000 + seed, which the demos never use), and
+record mean success. Every finished run is kept in benchmarks/results/<tag>-runs.json at once, and a run
+already there is not repeated, so the comparison builds up over several invocations (the step count and
+evaluation episodes must match). Then, per variant, measure total and active parameters, MACs per chunk
+(torch FlopCounterMode, every matmul/conv) and ms per chunk at batch 1 and 256 (variants interleaved in
+one run, expert cache on where the variant allows it), and save its expert-usage heatmap. The table
+(benchmarks/results/<tag>.{json,md}) gives per variant the seeds it has, mean +- std over seeds, a 95%
+interval (Student t over seed means with 2+ seeds; Wilson over the episodes with one), and whether the
+validation curve was flat at the end (less than 2% down over the last fifth of the run).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib.util
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -29,6 +38,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 from mode_policy.envs.collect import collect_demonstrations  # noqa: E402
 from mode_policy.evaluation.inspect import inspect_policy  # noqa: E402
 from mode_policy.evaluation.rollout import evaluate  # noqa: E402
+from mode_policy.evaluation.stats import wilson_interval  # noqa: E402
 from mode_policy.io import atomic_write_text  # noqa: E402
 from mode_policy.nn.expert_cache import can_cache_experts  # noqa: E402
 from mode_policy.nn.flops import count_chunk_macs  # noqa: E402
@@ -46,7 +56,7 @@ def _load_sibling(name: str):
     return module
 
 
-time_chunks = _load_sibling("inference").time_chunks
+inference = _load_sibling("inference")
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -54,6 +64,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # except dense_total, which matches MoDE's total expert parameters.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "mode": ("MoDE: noise-conditioned routing, 4 experts top-2", []),
+    "mode8": ("MoDE: noise-conditioned routing, 8 experts top-2", ["denoiser.num_experts=8"]),
     "dense_active": ("dense DiT, equal active parameters", ["denoiser.num_experts=1", "denoiser.top_k=1",
                      "denoiser.expert_hidden_mult=8"]),
     "dense_total": ("dense DiT, equal total parameters", ["denoiser.num_experts=1", "denoiser.top_k=1",
@@ -66,30 +77,36 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "stage": ("stage experts (eDiff-I), 2 stages split at sigma 1", ["denoiser.router_input=stage",
               "denoiser.stage_boundaries=[1.0]", "denoiser.num_experts=2", "denoiser.top_k=1",
               "denoiser.expert_hidden_mult=8"]),
+    "mot": ("Mixture-of-Transformers: context / action weights", ["denoiser.kind=mot"]),
     "cnn": ("Diffusion Policy CNN (1-D U-Net, FiLM)", ["denoiser.kind=cnn",
             "denoiser.down_dims=[64,128,256]"]),
 }  # fmt: skip
+VALIDATION_DEMOS_PER_TASK, VALIDATION_SEED = 2, 7919  # held-out demonstrations, seeds no run trains on
+FLAT = 0.02  # a validation curve is flat when it fell less than this over the last fifth of the run
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def cost_rows(policies: dict[str, MoDEPolicy], repetitions: int) -> dict[str, dict[str, float]]:
-    """Parameters, MACs and interleaved ms per chunk (batch 1 and 256) of each variant's denoiser."""
-    variants = {}
-    rows = {}
+    """Parameters, MACs and ms per chunk (batch 1 and 256; the whole policy as a user calls it, expert
+    cache on where there is one; the variants interleaved in every repetition) of each variant."""
+    rows, predict = {}, {}
     for name, policy in policies.items():
-        denoiser = policy.denoiser.eval()
+        denoiser = policy.eval().denoiser
         cacheable = can_cache_experts(denoiser)
-        variants[name] = (denoiser, cacheable)
-        sigmas = policy.config.sampling_sigmas()
         counts = denoiser.parameter_counts()
+        sigmas = policy.config.sampling_sigmas()
         rows[name] = {
             "params_total": counts["total"],
             "params_active": counts["active"],
             "macs_per_chunk": count_chunk_macs(denoiser, sigmas, batch_size=1, use_cache=cacheable).macs,
             "expert_cache": cacheable,
         }
-    sigmas = next(iter(policies.values())).config.sampling_sigmas()
-    small = time_chunks(variants, 1, sigmas, repetitions, warmup=2)
-    large = time_chunks(variants, 256, sigmas, max(1, repetitions // 5), warmup=1)
+        predict[name] = lambda obs, generator, policy=policy: policy.predict_action_chunk(
+            obs, generator=generator
+        )
+    reference = next(iter(policies.values()))  # same data, so the same observation fits every variant
+    small = inference.time_rows(reference, predict, 1, repetitions, warmup=2)
+    large = inference.time_rows(reference, predict, 256, max(1, repetitions // 5), warmup=1)
     for name in rows:
         rows[name]["ms_batch1"] = small[name]
         rows[name]["ms_batch256"] = large[name]
@@ -110,6 +127,9 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--timing-repetitions", type=int, default=15)
     parser.add_argument("--out", default=None, help="runs folder (default runs/compare-<suite>-<demos>)")
+    parser.add_argument(
+        "--tag", default=None, help="results name (default compare-routing-<suite>-<demos>demos)"
+    )
     args = parser.parse_args()
 
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -117,80 +137,170 @@ def main() -> None:
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
-    tag = f"compare-routing-{args.suite}-{args.demos_per_task}demos"
+    tag = args.tag or f"compare-routing-{args.suite}-{args.demos_per_task}demos"
     out = Path(args.out or f"runs/compare-{args.suite}-{args.demos_per_task}")
     command = "python benchmarks/compare_routing.py " + " ".join(sys.argv[1:])
-    data_dir = out / "data"
-    if not (data_dir / "meta" / "info.json").is_file():
-        collect_demonstrations(data_dir, suite=args.suite, episodes_per_task=args.demos_per_task, workers=2)
+    data_dir, val_dir = collect_data(out, args.suite, args.demos_per_task)
 
-    record = {"command": command, "seeds": seeds, "steps": args.steps, "variants": {}}
-    policies = {}
+    runs_file = RESULTS / f"{tag}-runs.json"
+    setting = {"suite": args.suite, "demos_per_task": args.demos_per_task, "steps": args.steps,
+               "batch_size": args.batch_size, "lr": args.lr, "eval_episodes": args.eval_episodes}  # fmt: skip
+    runs = load_runs(runs_file, setting)
     for name in names:
-        description, overrides = VARIANTS[name]
-        successes, wall = [], []
         for seed in seeds:
-            run = out / f"{name}-seed{seed}"
-            began = time.perf_counter()
-            if not (run / "policy" / "config.json").is_file():
-                resume = (run / "checkpoints" / "last.ckpt").is_file()
-                train(
-                    data_dir, run, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=seed,
-                    policy_overrides=overrides or None, checkpoint_every=max(200, args.steps // 5),
-                    resume=resume, progress=False,
-                )  # fmt: skip
-            results = evaluate(
-                run, suite=args.suite, episodes_per_task=args.eval_episodes, seed=1000 + seed, progress=False
-            )
-            successes.append(results["mean_success"])
-            wall.append(time.perf_counter() - began)
-            print(
-                f"{name} seed {seed}: mean success {results['mean_success']:.3f} ({wall[-1]:.0f} s)",
-                flush=True,
-            )
-        policies[name] = MoDEPolicy.from_pretrained(out / f"{name}-seed{seeds[0]}" / "policy")
-        heatmap = None
-        if routed_layers(policies[name].denoiser):
-            report = inspect_policy(
-                out / f"{name}-seed{seeds[0]}", out / f"{name}-seed{seeds[0]}" / "inspect"
-            )
-            heatmap = RESULTS / "routing" / f"{name}.png"
-            heatmap.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(Path(report["out"]) / "expert_usage.png", heatmap)
+            key = f"{name}/seed{seed}"
+            if key in runs["runs"]:
+                print(
+                    f"{key}: kept from {runs_file.name} ({runs['runs'][key]['mean_success']:.3f})", flush=True
+                )
+                continue
+            runs["runs"][key] = train_and_evaluate(name, seed, out, data_dir, val_dir, args, command)
+            print(f"{key}: mean success {runs['runs'][key]['mean_success']:.3f} "
+                  f"({runs['runs'][key]['seconds']:.0f} s)", flush=True)  # fmt: skip
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(runs_file, json.dumps(runs, indent=2) + "\n")  # at once: nothing is lost
+
+    present = [name for name in VARIANTS if any(key.split("/")[0] == name for key in runs["runs"])]
+    record = {"setting": setting, "runs_file": runs_file.name, "variants": {}}
+    policies = {}
+    for name in present:
+        mine = {key: run for key, run in runs["runs"].items() if key.split("/")[0] == name}
+        first_run = out / min(mine, key=lambda key: mine[key]["seed"]).replace("/", "-")
+        policies[name] = MoDEPolicy.from_pretrained(first_run / "policy")
         record["variants"][name] = {
-            "description": description,
-            "overrides": overrides,
-            "success_per_seed": successes,
-            "mean_success": statistics.fmean(successes),
-            "success_spread": statistics.stdev(successes) if len(successes) > 1 else None,
-            "seconds_per_seed": [round(w, 1) for w in wall],
-            "heatmap": str(heatmap.relative_to(RESULTS.parent.parent)) if heatmap else None,
-        }
+            "description": VARIANTS[name][0], "overrides": VARIANTS[name][1], **summary(list(mine.values())),
+            "heatmap": heatmap(name, first_run),
+        }  # fmt: skip
     for name, row in cost_rows(policies, args.timing_repetitions).items():
         record["variants"][name].update(row)
+    record["cost_command"] = command
+    table = render(record)
+    atomic_write_text(RESULTS / f"{tag}.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(RESULTS / f"{tag}.md", table)
+    print(table)
 
+
+def collect_data(out: Path, suite: str, demos_per_task: int) -> tuple[Path, Path]:
+    """The training demos and the held-out validation demos (their own seeds), collected once."""
+    data_dir, val_dir = out / "data", out / "validation"
+    if not (data_dir / "meta" / "info.json").is_file():
+        collect_demonstrations(data_dir, suite=suite, episodes_per_task=demos_per_task, workers=2)
+    if not (val_dir / "meta" / "info.json").is_file():
+        collect_demonstrations(val_dir, suite=suite, episodes_per_task=VALIDATION_DEMOS_PER_TASK,
+                               seed=VALIDATION_SEED, workers=2)  # fmt: skip
+    return data_dir, val_dir
+
+
+def load_runs(path: Path, setting: dict) -> dict:
+    """The finished runs of this comparison; runs made with other settings are not mixed in."""
+    if not path.is_file():
+        return {"setting": setting, "runs": {}}
+    runs = json.loads(path.read_text())
+    if runs["setting"] != setting:
+        sys.exit(f"{path} holds runs with {runs['setting']}, not {setting}: pass another --tag")
+    return runs
+
+
+def train_and_evaluate(
+    name: str, seed: int, out: Path, data_dir: Path, val_dir: Path, args, command: str
+) -> dict:
+    """Train one variant with one seed (resuming an interrupted run), evaluate it; its record."""
+    run = out / f"{name}-seed{seed}"
+    began = time.perf_counter()
+    if not (run / "policy" / "config.json").is_file():
+        train(
+            data_dir, run, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=seed,
+            policy_overrides=VARIANTS[name][1] or None, checkpoint_every=max(100, args.steps // 10),
+            resume=(run / "checkpoints" / "last.ckpt").is_file(), progress=False, val_dataset=val_dir,
+        )  # fmt: skip
+    trained = time.perf_counter() - began
+    results = evaluate(
+        run, suite=args.suite, episodes_per_task=args.eval_episodes, seed=1000 + seed, progress=False
+    )
+    curve = validation_curve(run / "metrics.csv")
+    return {
+        "variant": name, "seed": seed, "command": command, "steps": args.steps,
+        "mean_success": results["mean_success"], "per_task": results["per_task"],
+        "episodes": args.eval_episodes * len(results["per_task"]),
+        "successes": sum(round(t["success_rate"] * t["episodes"]) for t in results["per_task"].values()),
+        "validation_curve": curve, "validation_flat": is_flat(curve),
+        "train_seconds": round(trained, 1), "seconds": round(time.perf_counter() - began, 1),
+    }  # fmt: skip
+
+
+def validation_curve(metrics: Path) -> list[tuple[int, float]]:
+    with metrics.open() as handle:
+        return [(int(row["step"]), float(row["val_diffusion"])) for row in csv.DictReader(handle)
+                if row.get("val_diffusion")]  # fmt: skip
+
+
+def is_flat(curve: list[tuple[int, float]]) -> bool | None:
+    """Less than FLAT down over the last fifth of the run (None: too few points to say)."""
+    if len(curve) < 3:
+        return None
+    last_step, last = curve[-1]
+    earlier = [value for step, value in curve if step <= 0.8 * last_step]
+    return None if not earlier else (earlier[-1] - last) / earlier[-1] < FLAT
+
+
+def summary(runs: list[dict]) -> dict:
+    """Mean +- std over seeds and a 95% interval: Student t over the seed means (2+ seeds), Wilson over
+    the pooled episodes (one seed, where the seed-to-seed spread is unknown)."""
+    values = [run["mean_success"] for run in runs]
+    mean = statistics.fmean(values)
+    if len(values) > 1:
+        spread = statistics.stdev(values)
+        half = T_975.get(len(values) - 1, 1.96) * spread / math.sqrt(len(values))
+        interval, kind = (max(0.0, mean - half), min(1.0, mean + half)), "t over seeds"
+    else:
+        spread = None
+        interval, kind = wilson_interval(runs[0]["successes"], runs[0]["episodes"]), "Wilson over episodes"
+    flat = [run["validation_flat"] for run in runs]
+    return {
+        "seeds": sorted(run["seed"] for run in runs), "success_per_seed": values, "mean_success": mean,
+        "success_spread": spread, "ci95": list(interval), "ci95_kind": kind, "steps": runs[0]["steps"],
+        "validation_flat": flat, "final_validation_loss": [run["validation_curve"][-1][1] for run in runs],
+        "seconds_per_seed": [run["seconds"] for run in runs],
+    }  # fmt: skip
+
+
+def heatmap(name: str, run: Path) -> str | None:
+    """The expert-usage heatmap of a routed variant's first seed, copied into the results."""
+    policy = MoDEPolicy.from_pretrained(run / "policy")
+    if not routed_layers(policy.denoiser):
+        return None
+    report = inspect_policy(run, run / "inspect")
+    target = RESULTS / "routing" / f"{name}.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(report["out"]) / "expert_usage.png", target)
+    return str(target.relative_to(RESULTS.parent.parent))
+
+
+def render(record: dict) -> str:
+    given = record["setting"]
     lines = [
-        f"Command: `{command}` ({len(seeds)} seed(s): {seeds}; {args.steps} steps at batch "
-        f"{args.batch_size}; {args.eval_episodes} evaluation episodes per task and seed). Spread = standard "
-        "deviation over seeds.",
+        f"{given['suite'].upper()}, {given['demos_per_task']} demos per task, {given['steps']} steps at "
+        f"batch {given['batch_size']} (lr {given['lr']:g}), {given['eval_episodes']} evaluation episodes "
+        f"per task and seed (evaluation seeds 1000 + seed). Runs: benchmarks/results/{record['runs_file']}; "
+        f"costs measured by `{record['cost_command']}`. Flat: the validation loss fell less than {FLAT:.0%} "
+        "over the last fifth of the run.",
         "",
-        "| variant | mean success | spread | params total | params active | MMACs/chunk | ms/chunk b=1 "
-        "| ms/chunk b=256 | cache |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| variant | seeds | mean success | std | 95% interval | flat | params total | params active "
+        "| MMACs/chunk | ms/chunk b=1 | ms/chunk b=256 | cache |",
+        "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for row in record["variants"].values():
         spread = "n/a" if row["success_spread"] is None else f"{row['success_spread']:.3f}"
+        low, high = row["ci95"]
+        flat = "/".join({True: "yes", False: "no", None: "?"}[f] for f in row["validation_flat"])
         lines.append(
-            f"| {row['description']} | {row['mean_success']:.3f} | {spread} "
+            f"| {row['description']} | {len(row['seeds'])} | {row['mean_success']:.3f} | {spread} "
+            f"| [{low:.2f}, {high:.2f}] ({'t' if row['ci95_kind'].startswith('t') else 'Wilson'}) | {flat} "
             f"| {row['params_total'] / 1e6:.2f}M | {row['params_active'] / 1e6:.2f}M "
             f"| {row['macs_per_chunk'] / 1e6:.1f} | {row['ms_batch1']:.1f} | {row['ms_batch256']:.0f} "
             f"| {'yes' if row['expert_cache'] else 'no'} |"
         )
-    table = "\n".join(lines) + "\n"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RESULTS / f"{tag}.json", json.dumps(record, indent=2) + "\n")
-    atomic_write_text(RESULTS / f"{tag}.md", table)
-    print(table)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -151,6 +151,8 @@ def train_command(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         max_minutes=args.max_minutes,
         num_workers=args.num_workers,
+        val_dataset=args.val_dataset,
+        val_every=args.val_every,
     )
     print(f"policy (EMA weights) saved to {run / 'policy'}; learning curve {run / 'learning_curve.png'}")
     return 0
@@ -400,6 +402,12 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     train_parser.add_argument("--checkpoint-every", type=int, default=None, help="steps (1000)")
     train_parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock training budget")
     train_parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    train_parser.add_argument(
+        "--val-dataset",
+        default=None,
+        help="held-out LeRobot dataset: its loss is in metrics.csv and the curve",
+    )
+    train_parser.add_argument("--val-every", type=int, default=None, help="steps (--checkpoint-every)")
     train_parser.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="policy config override, e.g. denoiser.width=64"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mode_policy.distill import VDDPolicy, VDDPolicyConfig
-from mode_policy.nn import CNNDenoiserConfig, MoDEConfig
+from mode_policy.nn import CNNDenoiserConfig, MoDEConfig, MoTConfig
 from tests.policies.common import STATE_DIM, TASKS, make_obs, tiny_policy, tiny_stats
 
 MODE = dict(width=32, depth=2, heads=4, goal_dropout=0.0)
@@ -22,7 +22,7 @@ DENOISERS = {
     "dense": {"num_experts": 1, "top_k": 1},
 }
 VDD_MODES = ("mean", "greedy", "sample")
-VARIANTS = [*DENOISERS, "cnn", *(f"vdd_{mode}" for mode in VDD_MODES)]
+VARIANTS = [*DENOISERS, "cnn", "mot", *(f"vdd_{mode}" for mode in VDD_MODES)]
 
 
 def variant_policy(name: str, seed: int = 0, steps: int = 3, **denoiser: object):
@@ -37,6 +37,8 @@ def variant_policy(name: str, seed: int = 0, steps: int = 3, **denoiser: object)
         return VDDPolicy(config, tiny_stats()).eval()
     if name == "cnn":
         denoiser = CNNDenoiserConfig(down_dims=(16, 32), cond_embed_dim=16, n_groups=4)
+    elif name == "mot":
+        denoiser = MoTConfig(width=32, depth=2, heads=4, ffn_hidden_mult=2, goal_dropout=0.0, **denoiser)
     else:
         denoiser = MoDEConfig(**{**MODE, **DENOISERS[name], **denoiser})
     policy = tiny_policy(denoiser=denoiser, num_inference_steps=steps).eval()

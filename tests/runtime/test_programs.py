@@ -62,7 +62,7 @@ def test_a_goal_routed_program_of_one_task(name):
     torch.testing.assert_close(run_program(policy, program, obs), expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["sigma", "token", "cnn", "vdd_mean"])
+@pytest.mark.parametrize("name", ["sigma", "token", "cnn", "mot", "vdd_mean"])
 def test_a_task_for_a_program_that_serves_every_task_is_refused(name):
     with pytest.raises(ValueError, match="leave the task"):
         variant_policy(name).chunk_program(task=TASKS[0])

@@ -3,6 +3,7 @@ import pytest
 from mode_policy.data.lerobot import LeRobotDataset
 from mode_policy.nn.cnn import CNNDenoiserConfig
 from mode_policy.nn.config import MoDEConfig
+from mode_policy.nn.mot import MoTConfig
 from mode_policy.training.train import policy_config_for
 
 
@@ -17,3 +18,14 @@ def test_overrides_pick_any_denoiser_of_the_family(tiny_dataset):
         policy_config_for(dataset, ["denoiser.kind=cnn", "denoiser.width=64"])
     with pytest.raises(ValueError, match="kind must be"):
         policy_config_for(dataset, ["denoiser.kind=rnn"])
+    config = policy_config_for(
+        dataset, ["denoiser.kind=mot", 'denoiser.token_groups=["noise", "goal+obs", "action"]']
+    )
+    assert isinstance(config.denoiser, MoTConfig) and config.denoiser.token_groups == [
+        "noise",
+        "goal+obs",
+        "action",
+    ]
+    assert config.denoiser.obs_dim == 39 and config.denoiser.action_dim == 4
+    with pytest.raises(ValueError, match="num_experts"):  # a mixture-of-experts field on MoT
+        policy_config_for(dataset, ["denoiser.kind=mot", "denoiser.num_experts=4"])

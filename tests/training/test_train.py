@@ -124,3 +124,39 @@ def test_bad_override_key_lists_valid_keys(tiny_dataset, tmp_path, capsys):
     assert "valid keys" in capsys.readouterr().err
     with pytest.raises(ValueError, match="key=value"):
         train(tiny_dataset, tmp_path / "run", **train_kwargs(policy_overrides=["nonsense"]))
+
+
+def test_validation_loss_is_taken_from_the_ema_weights_on_fixed_noise(tiny_dataset, tmp_path):
+    import csv
+
+    from torch.utils.data import DataLoader
+
+    from mode_policy.data.lerobot import LeRobotDataset
+    from mode_policy.policies.mode.modeling import MoDEPolicy
+    from mode_policy.training.train import _windows
+
+    run = train(tiny_dataset, tmp_path / "run", val_dataset=tiny_dataset, val_every=5, **train_kwargs())
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    values = {int(row["step"]): float(row["val_diffusion"]) for row in rows if row["val_diffusion"]}
+    assert sorted(values) == [5, 10, 15, 20]
+    # The last value is the exported (EMA) policy's loss on the first windows with generators seeded 0, 1...
+    policy = MoDEPolicy.from_pretrained(run / "policy").eval()
+    windows = _windows(policy.config, LeRobotDataset(tiny_dataset))
+    batches = DataLoader(torch.utils.data.Subset(windows, range(min(len(windows), 1024))), batch_size=256)
+    with torch.no_grad():
+        losses = [
+            float(policy.compute_loss(batch, generator=torch.Generator().manual_seed(i))[1]["diffusion"])
+            for i, batch in enumerate(batches)
+        ]
+    assert values[20] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+    assert len(set(values.values())) == 4  # the weights moved between evaluations
+
+
+def test_a_validation_set_that_does_not_exist_is_refused_before_training(tiny_dataset, tmp_path):
+    from mode_policy.data.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="no such dataset folder"):
+        train(tiny_dataset, tmp_path / "run", val_dataset=tmp_path / "nothing", **train_kwargs())
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    with pytest.raises(ValueError, match="--val-every"):
+        train(tiny_dataset, tmp_path / "run2", val_dataset=tiny_dataset, val_every=0, **train_kwargs())

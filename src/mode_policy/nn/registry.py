@@ -18,7 +18,8 @@ from mode_policy.config_io import read_config_json
 from mode_policy.registry import Registry
 
 DENOISERS: Registry = Registry(
-    "denoiser kind", builtins=("mode_policy.nn.denoiser", "mode_policy.nn.cnn.denoiser")
+    "denoiser kind",
+    builtins=("mode_policy.nn.denoiser", "mode_policy.nn.cnn.denoiser", "mode_policy.nn.mot.denoiser"),
 )
 KIND_KEY = "kind"
 DEFAULT_KIND = "mode"  # the MoDE transformer, whose configs were saved without a kind

@@ -7,10 +7,10 @@ Each episode is a robot with its own connection and :class:`AsyncActionStream`; 
 step in lockstep, so the server batches their requests. Time is simulated: a control step lasts
 ``1 / control_hz`` and a reply arrives ``ceil((latency_ms + round_trip_ms) / step_ms)`` steps after its
 request, where ``round_trip_ms`` is the loopback round trip measured before the runs. An async robot
-asks for the next chunk when fewer than ``chunk_size - n_action_steps + delay + 1`` actions are left (at
-most ``chunk_size - 1``), so that the reply lands where the policy would replan synchronously, with
-``ceil(delay / (chunk_size - delay))`` requests in flight when one cannot keep the queue filled; with
-inpainting it commits to the ``delay`` actions it runs while waiting. Modes:
+asks for a new chunk every ``replan_steps`` steps (default the policy's ``n_action_steps``, as often as it
+replans synchronously; at most ``chunk_size - delay``, so that each reply lands before the queue runs
+dry), with ``ceil(delay / replan_steps)`` requests in flight; with inpainting it commits to the ``delay``
+actions it runs while waiting. Modes:
 
 - ``sync``: wait for each chunk, run its first ``n_action_steps`` actions (the robot stands still while
   it waits, so its actions do not depend on the latency: it runs once, and its robot time is reported);

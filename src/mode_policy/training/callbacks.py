@@ -127,6 +127,60 @@ class LossHistory(L.Callback):
         self._count = int(state_dict["count"])
 
 
+class ValidationLoss(L.Callback):
+    """The diffusion loss of the EMA weights on held-out windows, every ``every`` steps and at the end.
+
+    windows: a map-style dataset of held-out samples (e.g. ``ActionChunkDataset`` over validation
+    episodes); the first ``max_samples`` are batched once, and every evaluation uses the same sigmas and
+    noise (generators seeded per batch), so the curve moves only with the weights. Each value goes into
+    ``history``'s row of that step as ``val_diffusion`` (metrics.csv, learning_curve.png, the checkpoint).
+    Must come after :class:`EMA` and ``history`` in the callback list.
+    """
+
+    def __init__(
+        self,
+        windows: Any,
+        history: LossHistory,
+        every: int,
+        *,
+        max_samples: int = 1024,
+        batch_size: int = 256,
+    ) -> None:
+        from torch.utils.data import DataLoader
+
+        if every < 1:
+            raise ValueError(f"validation every must be >= 1 step, got {every}")
+        if len(windows) == 0:
+            raise ValueError("the validation set has no windows: give it at least one whole episode")
+        self.every, self.history = every, history
+        count = min(len(windows), max_samples)
+        subset = torch.utils.data.Subset(windows, range(count))
+        self.batches = list(DataLoader(subset, batch_size=min(batch_size, count), shuffle=False))
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        final = trainer.max_steps is not None and 0 < trainer.max_steps <= step
+        if step % self.every and not final and not trainer.should_stop:
+            return
+        averaging = [c for c in trainer.callbacks if isinstance(c, WeightAveraging)]
+        average = getattr(averaging[0], "_average_model", None) if averaging else None
+        policy = (average.module if average is not None else pl_module).policy
+        was_training = policy.training
+        policy.eval()
+        with torch.no_grad():
+            losses = [
+                float(policy.compute_loss(batch, generator=torch.Generator().manual_seed(i))[1]["diffusion"])
+                for i, batch in enumerate(self.batches)
+            ]
+        policy.train(was_training)
+        value = sum(losses) / len(losses)
+        rows = self.history.rows
+        if rows and rows[-1]["step"] == step:
+            rows[-1]["val_diffusion"] = value
+        else:
+            rows.append({"step": step, "val_diffusion": value})
+
+
 class StepProgressBar(TQDMProgressBar):
     """A tqdm bar over optimizer steps (``n / max_steps``), not over epochs of an endless sampler."""
 

@@ -26,18 +26,22 @@ def plot_learning_curve(rows: list[dict[str, float]], path: str | Path, title: s
     matplotlib.use("Agg")  # headless: no display on servers or in tests
     import matplotlib.pyplot as plt
 
-    steps = [row["step"] for row in rows]
     figure, (loss_axis, lr_axis) = plt.subplots(2, 1, figsize=(7, 5), sharex=True, height_ratios=(3, 1))
-    for key, label in (("loss", "total loss"), ("diffusion", "diffusion loss")):
-        values = [row.get(key) for row in rows]
-        if any(v is not None for v in values):
-            loss_axis.plot(steps, values, label=label)
+    for key, label in (("loss", "total loss"), ("diffusion", "diffusion loss"),
+                       ("val_diffusion", "validation diffusion loss")):  # fmt: skip
+        points = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
+        if points:
+            loss_axis.plot(
+                *zip(*points, strict=True), label=label, marker="o" if key.startswith("val") else None
+            )
     loss_axis.set_yscale("log")
     loss_axis.set_ylabel("loss (window mean)")
     loss_axis.legend()
     loss_axis.grid(alpha=0.3)
     loss_axis.set_title(title)
-    lr_axis.plot(steps, [row.get("lr") for row in rows], color="tab:gray")
+    learning_rates = [(row["step"], row["lr"]) for row in rows if row.get("lr") is not None]
+    if learning_rates:
+        lr_axis.plot(*zip(*learning_rates, strict=True), color="tab:gray")
     lr_axis.set_ylabel("lr")
     lr_axis.set_xlabel("optimizer step")
     lr_axis.grid(alpha=0.3)

@@ -11,6 +11,7 @@ the machine is slower than probed (other processes on the cores), and the EMA we
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from mode_policy.io import check_output_dir
+from mode_policy.messages import warn
 from mode_policy.policies.folders import CHECKPOINT
 
 # Fractions of the total budget (the rest trains); collection and evaluation scale with these counts.
@@ -32,6 +34,8 @@ QUICKSTART_POLICY = {
     "denoiser.heads": 4,
 }
 QUICKSTART_TRAINING = {"batch_size": 128, "lr": 1e-3, "ema_decay": 0.995}
+# Measured (benchmarks/RESULTS.md): ~2400 steps gave 0.94-0.95 on MT10, ~1450 gave 0.88-0.90, ~920 0.87.
+GOOD_STEPS = 2000
 
 
 def quickstart(
@@ -79,12 +83,20 @@ def quickstart(
     rate = _probe_steps_per_second(data_dir, overrides, QUICKSTART_TRAINING["batch_size"], seed)
     steps = max(50, int(0.85 * rate * train_seconds))  # 15% margin for logging and checkpoints
     _say(progress, f"[quickstart] {collected:.0f} s collecting; training {steps} steps (~{rate:.1f} steps/s)")
+    if steps < GOOD_STEPS:
+        needed = (GOOD_STEPS / (0.85 * rate) + collected + 15) / (1 - EVAL_RESERVE) / 60
+        warn(
+            f"this machine trains ~{rate:.1f} steps/s, so {minutes:g} minutes give {steps} steps, fewer than "
+            f"the ~{GOOD_STEPS} a good quickstart policy needs (expect MT10 success below 0.9); give it "
+            f"--minutes {math.ceil(needed)}, or free the cores of other work"
+        )
     train(
         data_dir, run_dir, steps=steps, seed=seed, policy_overrides=overrides,
         checkpoint_every=max(100, steps // 5), max_minutes=train_seconds / 60, progress=progress,
         **QUICKSTART_TRAINING,
     )  # fmt: skip
     trained = time.perf_counter() - started
+    steps_done = json.loads((run_dir / "train_summary.json").read_text())["global_step"]
     results = evaluate(
         run_dir, suite="mt10", tasks=tasks, episodes_per_task=eval_episodes, seed=seed,
         num_workers=workers, progress=progress,
@@ -95,13 +107,14 @@ def quickstart(
         "train_seconds": round(trained - collected, 1),
         "eval_seconds": round(total - trained, 1),
         "total_seconds": round(total, 1),
-        "train_steps": steps,
+        "planned_steps": steps,
+        "train_steps": steps_done,
     }
     results["quickstart"] = timing
     (out / "quickstart.json").write_text(json.dumps(timing, indent=2) + "\n")
     _say(
         progress,
-        f"[quickstart] done in {total / 60:.1f} min (collect {collected:.0f} s, train "
+        f"[quickstart] done in {total / 60:.1f} min (collect {collected:.0f} s, train {steps_done} steps in "
         f"{trained - collected:.0f} s, eval {total - trained:.0f} s); mean MT10 success "
         f"{results['mean_success']:.2f}; policy at {run_dir / 'policy'}",
     )

@@ -38,6 +38,7 @@ from mode_policy.training.callbacks import (
     ExportOnTrainEnd,
     LossHistory,
     StepProgressBar,
+    ValidationLoss,
 )
 from mode_policy.training.data_module import ResumableDataModule
 from mode_policy.training.module import OptimConfig, PolicyModule
@@ -80,6 +81,8 @@ def train(
     num_workers: int = 0,
     progress: bool = True,
     extra_callbacks: list[Callback] | None = None,
+    val_dataset: str | Path | None = None,
+    val_every: int | None = None,
 ) -> Path:
     """Train a policy on the LeRobot dataset at ``dataset_dir``; returns the run directory ``out_dir``.
 
@@ -97,7 +100,9 @@ def train(
     (DDP: ``strategy="ddp"`` or ``"ddp_spawn"``; on CPU the gloo backend). precision: a Lightning precision
     or "auto" (bf16 mixed on GPUs with bf16, else float32). max_minutes: stop on a wall-clock budget (the
     export still happens). The exported RUN/policy holds the EMA weights and the dataset's normalisation
-    stats.
+    stats. val_dataset: a held-out LeRobot dataset recorded like the training set; the EMA weights' diffusion
+    loss on it (same sigmas and noise each time) is taken every ``val_every`` steps (default
+    ``checkpoint_every``) and at the end, as ``val_diffusion`` in metrics.csv and learning_curve.png.
     """
     from mode_policy.data.lerobot import LeRobotDataset
 
@@ -121,8 +126,9 @@ def train(
     settings = _settings(run, dataset, policy_type, policy_overrides, given, launch, resume)
     _warn_constant_actions(dataset)
     _write_settings(run, settings)
+    validation = _validation(settings, dataset, val_dataset, val_every)
     module, data = _build(settings, dataset, run, num_workers)
-    trainer = _trainer(settings, run, accelerator, progress, extra_callbacks)
+    trainer = _trainer(settings, run, accelerator, progress, extra_callbacks, validation)
     trainer.fit(module, datamodule=data, ckpt_path=str(run / CHECKPOINT) if resume else None)
     return run
 
@@ -160,19 +166,11 @@ def _write_settings(run: Path, settings: TrainSettings) -> None:
 
 def _build(settings: TrainSettings, dataset: Any, run: Path, num_workers: int):
     """The policy (its registered type) wrapped for Lightning, and the resumable data module."""
-    from mode_policy.data.windows import ActionChunkDataset
 
     L.seed_everything(settings.seed, verbose=False)  # same initial weights on every rank
     config = policy_config_from_dict(settings.policy)
     policy = get_policy_class(config.tag)(config, dataset.stats)
-    keys = config.observation_keys
-    windows = ActionChunkDataset(
-        dataset,
-        n_obs_steps=config.n_obs_steps,
-        chunk_size=config.chunk_size,
-        state_key=STATE_KEY if STATE_KEY in keys else None,
-        image_keys=[key for key in keys if key != STATE_KEY],
-    )
+    windows = _windows(config, dataset)
     optim = OptimConfig(
         lr=settings.lr, weight_decay=settings.weight_decay, warmup_steps=settings.warmup_steps,
         total_steps=settings.steps, min_lr_ratio=settings.min_lr_ratio,
@@ -190,16 +188,56 @@ def _build(settings: TrainSettings, dataset: Any, run: Path, num_workers: int):
     return module, data
 
 
+def _windows(config: Any, dataset: Any) -> Any:
+    """The training samples of ``dataset`` for a policy of ``config``: its observation and action windows."""
+    from mode_policy.data.windows import ActionChunkDataset
+
+    keys = config.observation_keys
+    return ActionChunkDataset(
+        dataset,
+        n_obs_steps=config.n_obs_steps,
+        chunk_size=config.chunk_size,
+        state_key=STATE_KEY if STATE_KEY in keys else None,
+        image_keys=[key for key in keys if key != STATE_KEY],
+    )
+
+
+def _validation(settings: TrainSettings, dataset: Any, val_dataset: Any, every: int | None) -> tuple | None:
+    """(windows, every) of a held-out dataset, its features checked against the training set's; None
+    without one."""
+    from mode_policy.data.lerobot import LeRobotDataset
+
+    if val_dataset is None:
+        return None
+    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
+        raise ValueError(f"--val-every must be a positive number of steps, got {every!r}")
+    held_out = LeRobotDataset(val_dataset)
+    config = policy_config_from_dict(settings.policy)
+    for key in (*config.observation_keys, ACTION_KEY):
+        ours, theirs = dataset.features.get(key, {}).get("shape"), held_out.features.get(key, {}).get("shape")
+        if ours != theirs:
+            raise ValueError(
+                f"the validation dataset {held_out.root} has {key} of shape {theirs}, the training set "
+                f"{dataset.root} {ours}: give a validation set recorded like the training set"
+            )
+    return _windows(config, held_out), every or settings.checkpoint_every
+
+
 def _trainer(
-    settings: TrainSettings, run: Path, accelerator: str, progress: bool, extra: list[Callback] | None
-) -> L.Trainer:
+    settings: TrainSettings, run: Path, accelerator: str, progress: bool, extra: list[Callback] | None,
+    validation: tuple | None = None,
+) -> L.Trainer:  # fmt: skip
     history = LossHistory(every=settings.log_every)
     callbacks: list[Callback] = []
     if settings.max_minutes is not None:
         budget = timedelta(minutes=settings.max_minutes)
         callbacks.append(Timer(duration=budget, interval="step", verbose=progress))
     # Order matters at train end: EMA copies the averaged weights into the model before the export.
-    callbacks += [EMA(settings.ema_decay), history, ExportOnTrainEnd(run, history), *(extra or [])]
+    callbacks += [EMA(settings.ema_decay), history]
+    if validation is not None:
+        windows, every = validation
+        callbacks.append(ValidationLoss(windows, history, every))
+    callbacks += [ExportOnTrainEnd(run, history), *(extra or [])]
     callbacks.append(AtomicCheckpoint(run / Path(CHECKPOINT).parent, settings.checkpoint_every))
     if progress:
         callbacks.append(StepProgressBar(refresh_rate=max(1, settings.log_every)))

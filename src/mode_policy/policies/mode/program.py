@@ -7,7 +7,8 @@ all steps. ``fuse_experts`` runs a step's experts as one wide SwiGLU (for graphs
 concatenated weights: ONNX Runtime). Goal routing (task, sigma_goal) makes a program one task's (its
 experts baked in, Edge-MoE's per-task model) or, without a task, every training task's: it then takes a
 task index, and a table of each task's expert weights per step picks the experts. Token routing keeps its
-routers and runs every expert with gate weights (static shapes); the CNN baseline is its U-Net, unrolled.
+routers and runs every expert with gate weights (static shapes); the CNN baseline and Mixture-of-
+Transformers (no experts to choose) are their networks, unrolled.
 """
 
 from __future__ import annotations
@@ -61,12 +62,12 @@ class DiffusionChunk(ChunkProgram):
 
     def _bake(self, sigmas: torch.Tensor, goal: torch.Tensor | None, fuse: bool) -> list[tuple] | None:
         """Per step, the routes of every layer (and phi(sigma) as a buffer); None for a denoiser without
-        experts (the CNN)."""
+        experts (the CNN, Mixture-of-Transformers)."""
         denoiser = self.policy.denoiser
         network = denoiser.network
-        if not hasattr(network, "blocks"):
+        if not hasattr(network, "routing"):
             if goal is not None:
-                raise task_not_needed("nothing (the CNN has no experts)")
+                raise task_not_needed(f"nothing (the {denoiser.config.describe} has no experts)")
             return None
         if goal is not None and (network.config.is_dense or not network.routing.uses_goal):
             raise task_not_needed(
