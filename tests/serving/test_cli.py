@@ -31,7 +31,7 @@ def test_eval_through_a_server_compares_sync_blending_and_inpainting(tmp_path, c
     assert runs[("inpaint", 150.0)]["delay_steps"] >= 3  # 150 ms at 20 Hz, plus the round trip
     for run in runs.values():
         assert len(run["episodes"]) == 2 and all(e["steps"] == 25 for e in run["episodes"])
-        assert run["jerk"] >= 0 and run["requests"] > 0
+        assert run["jerk"] >= 0 and run["requests"] > 0 and run["lost_replies"] == 0
     assert "| inpaint | 150 ms |" in (out / "served.md").read_text()
 
 

@@ -19,7 +19,8 @@ actions it runs while waiting. Modes:
 
 Reported per mode and latency: success (Wilson 95%), action jerk (mean squared change of the action
 between consecutive steps, over all steps and dimensions), steps run on a held action (``starved``),
-requests, and the robot time the episodes took.
+replies lost to an error (``lost_replies``, 0 unless the server failed), requests, and the robot time the
+episodes took.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ from mode_policy.serving.stream import BLENDS, AsyncActionStream
 
 MODES = ("sync", *BLENDS)
 RESULT_FILES = ("served.json", "served.md")
+# The clock is simulated, so a reply is waited for however long the host takes (a busy host must not turn
+# into a lost reply and held actions); a server that does not answer at all still ends the run.
+REPLY_TIMEOUT_S = 600.0
 
 
 def evaluate_served(
@@ -197,7 +201,7 @@ def _play(pool: EnvPool, jobs: list, url: str, token: str | None, meta: dict[str
         streams = {}
         for job, task, _, _ in wave:
             streams[job] = AsyncActionStream(
-                PolicyClient(url, token=token), task=instruction(task),
+                PolicyClient(url, token=token, timeout=REPLY_TIMEOUT_S), task=instruction(task),
                 mode="sync" if mode == "sync" else "async", blend="latest" if mode == "sync" else mode,
                 seed=seed * 1_000_003 + job * 10_007, delay_steps=delay,
                 threshold=None if mode == "sync" else threshold, max_in_flight=in_flight,
@@ -239,6 +243,7 @@ def _play(pool: EnvPool, jobs: list, url: str, token: str | None, meta: dict[str
                 "task": task, "episode": episode, "seed": episode_seed, "success": outcome[job][0],
                 "steps": outcome[job][1], "jerk": float(np.mean(moves**2)) if len(moves) else 0.0,
                 "requests": streams[job].stats["requests"], "starved": streams[job].stats["starved"],
+                "errors": streams[job].stats["errors"],
             })  # fmt: skip
     if bar is not None:
         bar.close()
@@ -259,6 +264,7 @@ def _summary(mode: str, latency: float, delay: int, episodes: list, names: list[
         "per_task": {task: entry["success_rate"] for task, entry in summary["per_task"].items()},
         "jerk": statistics.fmean(e["jerk"] for e in episodes),
         "starved_steps": sum(e["starved"] for e in episodes),
+        "lost_replies": sum(e["errors"] for e in episodes),
         "requests": requests, "steps": steps, "robot_seconds": round((steps * step_ms + waiting) / 1000, 2),
         "eval_seconds": round(seconds, 2), "episodes": episodes,
     }  # fmt: skip
