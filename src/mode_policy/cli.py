@@ -153,6 +153,9 @@ def train_command(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         val_dataset=args.val_dataset,
         val_every=args.val_every,
+        init_from=args.init_from,
+        freeze=args.freeze,
+        extend_tasks=args.extend_tasks,
     )
     print(f"policy (EMA weights) saved to {run / 'policy'}; learning curve {run / 'learning_curve.png'}")
     return 0
@@ -408,6 +411,15 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
         help="held-out LeRobot dataset: its loss is in metrics.csv and the curve",
     )
     train_parser.add_argument("--val-every", type=int, default=None, help="steps (--checkpoint-every)")
+    train_parser.add_argument(
+        "--init-from", default=None, help="fine-tune this trained policy (run, policy folder or shipped name)"
+    )
+    train_parser.add_argument(
+        "--freeze", default=None, help="with --init-from: groups to keep fixed, e.g. router,experts"
+    )
+    train_parser.add_argument(
+        "--extend-tasks", action="store_true", help="with --init-from: new tasks for a one-hot encoder"
+    )
     train_parser.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="policy config override, e.g. denoiser.width=64"
     )

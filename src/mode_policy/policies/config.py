@@ -51,6 +51,9 @@ class PolicyConfig(TaggedConfig):
     normalization_mapping: dict[str, str] = field(default_factory=default_normalization)
     # Clamp actions to the data range before unnormalising (applies when actions are "min_max").
     clip_sample: bool = True
+    # Where a fine-tuned policy started (mode_policy.training.finetune): path, policy_type, weights_sha256,
+    # frozen groups; None for a policy trained from scratch.
+    init_from: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -77,6 +80,8 @@ class PolicyConfig(TaggedConfig):
         validate_normalization(self.owner, self.normalization_mapping, self.normalized_features)
         if not isinstance(self.clip_sample, bool):
             raise ValueError(f"{self.owner}.clip_sample must be true or false, got {self.clip_sample!r}")
+        if self.init_from is not None and not isinstance(self.init_from, dict):
+            raise ValueError(f"{self.owner}.init_from must be null or an object, got {self.init_from!r}")
 
     # Derived ------------------------------------------------------------------------------------------
     @property
@@ -105,7 +110,7 @@ class PolicyConfig(TaggedConfig):
     @classmethod
     def override_keys(cls) -> list[str]:
         """Every key ``--set`` accepts for this policy type."""
-        return sorted(f.name for f in fields(cls) if f.name not in DATASET_FIELDS)
+        return sorted(f.name for f in fields(cls) if f.name not in (*DATASET_FIELDS, "init_from"))
 
     @classmethod
     def for_dataset(cls, dataset: Any, overrides: Mapping[str, Any] | None = None) -> PolicyConfig:

@@ -39,6 +39,8 @@ class TrainSettings:
     precision: str
     max_minutes: float | None
     policy: dict[str, Any]  # the policy config, with its policy_type
+    init_from: str | None = None  # fine-tuning: the policy the weights started from
+    freeze: list[str] | None = None  # fine-tuning: parameter groups without gradient
 
 
 # Defaults of the settings a caller may leave as None (a resumed run takes them from its train_config.json).

@@ -41,6 +41,13 @@ from mode_policy.training.callbacks import (
     ValidationLoss,
 )
 from mode_policy.training.data_module import ResumableDataModule
+from mode_policy.training.finetune import (
+    check_freeze_names,
+    finetune_config,
+    freeze_groups,
+    load_initial_weights,
+    source_policy,
+)
 from mode_policy.training.module import OptimConfig, PolicyModule
 from mode_policy.training.settings import (
     TrainSettings,
@@ -83,6 +90,9 @@ def train(
     extra_callbacks: list[Callback] | None = None,
     val_dataset: str | Path | None = None,
     val_every: int | None = None,
+    init_from: str | Path | None = None,
+    freeze: str | list[str] | None = None,
+    extend_tasks: bool = False,
 ) -> Path:
     """Train a policy on the LeRobot dataset at ``dataset_dir``; returns the run directory ``out_dir``.
 
@@ -103,6 +113,10 @@ def train(
     stats. val_dataset: a held-out LeRobot dataset recorded like the training set; the EMA weights' diffusion
     loss on it (same sigmas and noise each time) is taken every ``val_every`` steps (default
     ``checkpoint_every``) and at the end, as ``val_diffusion`` in metrics.csv and learning_curve.png.
+    init_from: fine-tune a trained policy (a run, a save_pretrained folder or a shipped name; any trainable
+    type): its architecture and weights, this dataset's stats and tasks (``extend_tasks``: new tasks for a
+    one-hot encoder); freeze: parameter groups to keep fixed, e.g. ``"router,experts"``
+    (``mode_policy.training.finetune``).
     """
     from mode_policy.data.lerobot import LeRobotDataset
 
@@ -123,26 +137,43 @@ def train(
             "a new --out directory"
         )
     dataset = LeRobotDataset(dataset_dir)
-    settings = _settings(run, dataset, policy_type, policy_overrides, given, launch, resume)
+    finetune = {"init_from": init_from, "freeze": check_freeze_names(freeze), "extend_tasks": extend_tasks}
+    settings, source = _settings(
+        run, dataset, policy_type, policy_overrides, given, launch, resume, **finetune
+    )
     _warn_constant_actions(dataset)
-    _write_settings(run, settings)
     validation = _validation(settings, dataset, val_dataset, val_every)
-    module, data = _build(settings, dataset, run, num_workers)
+    module, data = _build(settings, dataset, run, num_workers, source)
+    _write_settings(run, settings)
     trainer = _trainer(settings, run, accelerator, progress, extra_callbacks, validation)
     trainer.fit(module, datamodule=data, ckpt_path=str(run / CHECKPOINT) if resume else None)
     return run
 
 
-def _settings(run, dataset, policy_type, overrides, given, launch, resume) -> TrainSettings:
-    """The run's settings: new ones (the policy config built for the dataset) or the resumed run's."""
+def _settings(
+    run, dataset, policy_type, overrides, given, launch, resume, *, init_from, freeze, extend_tasks
+):
+    """(the run's settings, the policy to start from or None): new settings (the policy config built for
+    the dataset, or fine-tuned from ``init_from``) or the resumed run's."""
+    if (freeze or extend_tasks) and init_from is None and not resume:
+        raise ValueError("--freeze and --extend-tasks go with --init-from (the trained policy to fine-tune)")
     if resume:  # --set overrides must then rebuild the run's own policy config
+        if init_from is not None or freeze or extend_tasks:
+            _check_resumed_finetune(run, init_from, freeze)
         rebuild = (
             (lambda saved_type: policy_config_for(dataset, overrides, saved_type).to_dict())
             if overrides
             else None
         )
-        return resumed_settings(run, run / CHECKPOINT, dataset, given, launch, rebuild)
-    return new_settings(dataset, given, policy_config_for(dataset, overrides, policy_type).to_dict(), launch)
+        return resumed_settings(run, run / CHECKPOINT, dataset, given, launch, rebuild), None
+    if init_from is None:
+        config = policy_config_for(dataset, overrides, policy_type)
+        return new_settings(dataset, given, config.to_dict(), launch), None
+    source = source_policy(init_from)
+    config = finetune_config(source, init_from, dataset, overrides, extend_tasks=extend_tasks, freeze=freeze)
+    settings = new_settings(dataset, given, config.to_dict(), launch)
+    settings.init_from, settings.freeze = str(init_from), freeze
+    return settings, source
 
 
 def policy_config_for(dataset: Any, overrides: Any = None, policy_type: str = DEFAULT_TYPE) -> Any:
@@ -164,12 +195,15 @@ def _write_settings(run: Path, settings: TrainSettings) -> None:
         atomic_write_text(run / RUN_SETTINGS, json.dumps(asdict(settings), indent=2) + "\n")
 
 
-def _build(settings: TrainSettings, dataset: Any, run: Path, num_workers: int):
-    """The policy (its registered type) wrapped for Lightning, and the resumable data module."""
-
+def _build(settings: TrainSettings, dataset: Any, run: Path, num_workers: int, source: Any = None):
+    """The policy (its registered type; with ``source``, starting from its weights; frozen groups
+    applied) wrapped for Lightning, and the resumable data module."""
     L.seed_everything(settings.seed, verbose=False)  # same initial weights on every rank
     config = policy_config_from_dict(settings.policy)
     policy = get_policy_class(config.tag)(config, dataset.stats)
+    if source is not None:
+        load_initial_weights(policy, source)
+    freeze_groups(policy, settings.freeze or [])
     windows = _windows(config, dataset)
     optim = OptimConfig(
         lr=settings.lr, weight_decay=settings.weight_decay, warmup_steps=settings.warmup_steps,
@@ -186,6 +220,21 @@ def _build(settings: TrainSettings, dataset: Any, run: Path, num_workers: int):
         windows, batch_size=settings.batch_size, seed=settings.seed, num_workers=num_workers
     )
     return module, data
+
+
+def _check_resumed_finetune(run: Path, init_from: Any, freeze: list[str]) -> None:
+    """A resumed fine-tuning run restores its own weights and frozen groups; given ones must match."""
+    from mode_policy.training.settings import read_settings
+
+    if not (run / RUN_SETTINGS).is_file():
+        return  # nothing to resume: resumed_settings says so
+    saved = read_settings(run)
+    if (init_from is not None and str(init_from) != saved.init_from) or (freeze and freeze != saved.freeze):
+        raise ValueError(
+            f"--resume of {run}: it was started with --init-from {saved.init_from} and --freeze "
+            f"{','.join(saved.freeze or []) or 'none'}; resume without them (they are read from "
+            "train_config.json)"
+        )
 
 
 def _windows(config: Any, dataset: Any) -> Any:

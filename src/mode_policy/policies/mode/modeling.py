@@ -37,6 +37,15 @@ from mode_policy.policies.mode.program import DiffusionChunk
 from mode_policy.policies.program import CompiledProgram, NoiseSpec, compile_program
 from mode_policy.policies.registry import register_policy
 
+# Parameter names by group (MoDE and MoT transformers; the CNN's U-Net has its own names, none of these).
+PARAMETER_GROUPS = {
+    "router": (".moe.router.",),
+    "experts": (".moe.experts.", ".moe.shared_expert.", ".moe.dense.", ".ffn.", ".ffn_norm.", ".moe_norm."),
+    "attention": (".attn.", ".attn_norm.", ".qkv.", ".proj.", ".q_norm.", ".k_norm."),
+    "encoders": ("vision.", "state_proj.", "network.goal_proj.", "network.obs_proj.", "network.action_proj.",
+                 "network.sigma_embedding.", "network.position"),
+}  # fmt: skip
+
 
 @register_policy("mode")
 class MoDEPolicy(ChunkingPolicy):
@@ -89,6 +98,18 @@ class MoDEPolicy(ChunkingPolicy):
     def parameter_counts(self) -> dict[str, int]:
         """The denoiser's total and active parameters (the frozen language encoder is not counted)."""
         return self.denoiser.parameter_counts()
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by what they do, for fine-tuning with frozen groups (``train(freeze=[...])``): the
+        routers, the experts (feed-forward), attention, and the encoders (vision, state, goal, observation
+        and action projections, phi(sigma), positions). Groups this policy's denoiser lacks are left out."""
+        groups: dict[str, list[nn.Parameter]] = {name: [] for name in PARAMETER_GROUPS}
+        for name, param in self.named_parameters():
+            for group, patterns in PARAMETER_GROUPS.items():
+                if any(pattern in name for pattern in patterns):
+                    groups[group].append(param)
+                    break
+        return {group: params for group, params in groups.items() if params}
 
     # Training -------------------------------------------------------------------------------------------
     def compute_loss(
