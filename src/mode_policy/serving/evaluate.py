@@ -111,20 +111,8 @@ def evaluate_served(
         for mode, latency in plan:
             delay = max(1, math.ceil((latency + round_trip_ms) / step_ms))
             began = time.perf_counter()
-            episodes = _play(
-                pool,
-                jobs,
-                url,
-                token,
-                metadata,
-                mode,
-                delay,
-                horizon,
-                max_concurrent,
-                seed,
-                progress,
-                results["replan_steps"],
-            )
+            episodes = _play(pool, jobs, url, token, metadata, mode, delay, horizon, max_concurrent, seed,
+                             progress, results["replan_steps"])  # fmt: skip
             runs.append(_summary(mode, latency, delay, episodes, names, step_ms, round_trip_ms, latency,
                                  time.perf_counter() - began))  # fmt: skip
             if mode != "sync":
