@@ -29,6 +29,38 @@ class CachedStep:
     routes: tuple[CachedRoute | None, ...]
 
 
+def init_token_inputs(network: nn.Module, config) -> None:
+    """The input side of a MoDE-style transformer (MoDE and Mixture-of-Transformers share it): phi(sigma),
+    the goal, observation and action projections, goal dropout and the position embedding. Set as the
+    network's own attributes, so their names in saved weights are ``network.goal_proj`` and so on."""
+    dim = config.width
+    network.sigma_embedding = SigmaEmbedding(dim)
+    network.goal_proj = nn.Linear(config.goal_dim, dim)
+    network.obs_proj = nn.Linear(config.obs_dim, dim)
+    network.action_proj = nn.Linear(config.action_dim, dim)
+    network.goal_dropout = nn.Dropout(config.goal_dropout)
+    positions = config.num_goal_tokens + config.num_obs_tokens + config.chunk_size
+    network.position = nn.Parameter(torch.randn(1, positions, dim) * 0.02)
+
+
+def token_sequence(
+    network: nn.Module,
+    sigma_embedding: torch.Tensor,
+    goal_tokens: torch.Tensor,
+    obs: torch.Tensor,
+    scaled_action: torch.Tensor,
+) -> torch.Tensor:
+    """[noise token phi(sigma), goal tokens, observation tokens, action tokens] -> (batch, tokens, D).
+
+    sigma_embedding: (batch or 1, D); goal_tokens: (batch, goal_tokens, D), already projected; obs:
+    (batch, obs_tokens, obs_dim); scaled_action: (batch, chunk, action_dim).
+    """
+    batch = scaled_action.shape[0]
+    context = torch.cat([goal_tokens, network.obs_proj(obs), network.action_proj(scaled_action)], dim=1)
+    noise_token = sigma_embedding.unsqueeze(1).expand(batch, 1, -1)
+    return torch.cat([noise_token, context + network.position], dim=1)
+
+
 class MoDEBlock(nn.Module):
     def __init__(self, config: MoDEConfig) -> None:
         super().__init__()
@@ -68,17 +100,10 @@ class MoDETransformer(nn.Module):
     def __init__(self, config: MoDEConfig) -> None:
         super().__init__()
         self.config = config
-        dim = config.width
-        self.sigma_embedding = SigmaEmbedding(dim)
-        self.goal_proj = nn.Linear(config.goal_dim, dim)
-        self.obs_proj = nn.Linear(config.obs_dim, dim)
-        self.action_proj = nn.Linear(config.action_dim, dim)
-        self.goal_dropout = nn.Dropout(config.goal_dropout)
-        positions = config.num_goal_tokens + config.num_obs_tokens + config.chunk_size
-        self.position = nn.Parameter(torch.randn(1, positions, dim) * 0.02)
+        init_token_inputs(self, config)
         self.blocks = nn.ModuleList(MoDEBlock(config) for _ in range(config.depth))
-        self.final_norm = nn.RMSNorm(dim)
-        self.head = nn.Linear(dim, config.action_dim)
+        self.final_norm = nn.RMSNorm(config.width)
+        self.head = nn.Linear(config.width, config.action_dim)
         self.routing = config.routing(config)  # what the routers look at (mode_policy.nn.moe.routing)
         self.routing.attach(self)
 
@@ -122,7 +147,6 @@ class MoDETransformer(nn.Module):
         obs: (batch, obs_tokens, obs_dim); goal: (batch, goal_tokens, goal_dim).
         Returns F (batch, chunk, action_dim) and the per-layer router stats (empty unless need_stats).
         """
-        batch = scaled_action.shape[0]
         if cached_step is None:
             sigma_embedding = self.sigma_embedding(c_noise)  # (batch or 1, D)
         else:
@@ -131,9 +155,7 @@ class MoDETransformer(nn.Module):
         route_context = (
             None if cached_step is not None else self.route_context(sigma_embedding, c_noise, goal_tokens)
         )
-        context = torch.cat([goal_tokens, self.obs_proj(obs), self.action_proj(scaled_action)], dim=1)
-        noise_token = sigma_embedding.unsqueeze(1).expand(batch, 1, -1)
-        x = torch.cat([noise_token, context + self.position], dim=1)  # (batch, tokens, D)
+        x = token_sequence(self, sigma_embedding, goal_tokens, obs, scaled_action)  # (batch, tokens, D)
         all_stats = []
         for layer, block in enumerate(self.blocks):
             x, stats = block(

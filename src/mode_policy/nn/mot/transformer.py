@@ -1,9 +1,10 @@
 """The Mixture-of-Transformers network: MoDE's token sequence, with every layer's weights per token group.
 
-Token sequence (as in MoDE): [noise token phi(sigma), goal token(s), observation token(s), action tokens],
-with a learned position embedding on all but the noise token and phi(sigma) added to every attention
-input. Each group of tokens (``MoTConfig.token_groups``) runs its own norms, projections and
-feed-forward; attention itself is global: every token attends to the whole sequence (under the mask).
+Token sequence (as in MoDE, built by the same code): [noise token phi(sigma), goal token(s), observation
+token(s), action tokens], with a learned position embedding on all but the noise token and phi(sigma)
+added to every attention input. Each group of tokens (``MoTConfig.token_groups``) runs its own norms,
+projections and feed-forward; attention itself is global: every token attends to the whole sequence
+(under the mask).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import nn
 
 from mode_policy.nn.moe.experts import SwiGLU
 from mode_policy.nn.mot.config import MoTConfig
-from mode_policy.nn.sigma_embedding import SigmaEmbedding
+from mode_policy.nn.transformer import init_token_inputs, token_sequence
 
 
 class TokenGroups(nn.Module):
@@ -106,18 +107,13 @@ class MoTTransformer(nn.Module):
     def __init__(self, config: MoTConfig) -> None:
         super().__init__()
         self.config = config
-        dim = config.width
-        self.sigma_embedding = SigmaEmbedding(dim)
-        self.goal_proj = nn.Linear(config.goal_dim, dim)
-        self.obs_proj = nn.Linear(config.obs_dim, dim)
-        self.action_proj = nn.Linear(config.action_dim, dim)
-        self.goal_dropout = nn.Dropout(config.goal_dropout)
-        positions = config.num_goal_tokens + config.num_obs_tokens + config.chunk_size
-        self.position = nn.Parameter(torch.randn(1, positions, dim) * 0.02)
+        init_token_inputs(self, config)
         self.groups = TokenGroups(config.token_group_ids())
         self.layers = nn.ModuleList(MoTBlock(config, self.groups) for _ in range(config.depth))
-        self.final_norm = nn.RMSNorm(dim)  # the outputs are action tokens only: no per-group head needed
-        self.head = nn.Linear(dim, config.action_dim)
+        self.final_norm = nn.RMSNorm(
+            config.width
+        )  # the outputs are action tokens only: no per-group head needed
+        self.head = nn.Linear(config.width, config.action_dim)
 
     def forward(
         self, scaled_action: torch.Tensor, c_noise: torch.Tensor, obs: torch.Tensor, goal: torch.Tensor
@@ -127,12 +123,9 @@ class MoTTransformer(nn.Module):
         scaled_action: (batch, chunk, action_dim), already multiplied by c_in; c_noise: (batch,) or (1,);
         obs: (batch, obs_tokens, obs_dim); goal: (batch, goal_tokens, goal_dim).
         """
-        batch = scaled_action.shape[0]
         sigma_embedding = self.sigma_embedding(c_noise)  # (batch or 1, D)
         goal_tokens = self.goal_dropout(self.goal_proj(goal))
-        context = torch.cat([goal_tokens, self.obs_proj(obs), self.action_proj(scaled_action)], dim=1)
-        noise_token = sigma_embedding.unsqueeze(1).expand(batch, 1, -1)
-        x = torch.cat([noise_token, context + self.position], dim=1)  # (batch, tokens, D)
+        x = token_sequence(self, sigma_embedding, goal_tokens, obs, scaled_action)  # (batch, tokens, D)
         for layer in self.layers:
             x = layer(x, sigma_embedding)
         return self.head(self.final_norm(x[:, -self.config.chunk_size :]))
