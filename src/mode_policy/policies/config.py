@@ -118,13 +118,18 @@ class PolicyConfig(TaggedConfig):
         (``{"field": value}``, ``"a.b"`` for a nested field)."""
         values = cls().to_dict()
         values.update(dataset_layout(dataset))
-        for key, value in (overrides or {}).items():
-            target = values
-            *parents, leaf = key.split(".")
-            for parent in parents:
-                target = target[parent]
-            target[leaf] = value
-        return cls.from_dict(values)
+        return cls.from_dict(apply_overrides(values, overrides))
+
+
+def apply_overrides(values: dict[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``values`` (a config's dict) with ``{"field": value}`` set in place, ``"a.b"`` for a nested field."""
+    for key, value in (overrides or {}).items():
+        target = values
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return values
 
 
 def dataset_layout(dataset: Any, needs: tuple[str, ...] = (STATE_KEY, ACTION_KEY)) -> dict[str, Any]:

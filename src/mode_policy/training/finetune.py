@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from mode_policy.keys import ACTION_KEY
-from mode_policy.policies.config import DATASET_FIELDS, dataset_layout, parse_overrides
+from mode_policy.policies.config import DATASET_FIELDS, apply_overrides, dataset_layout, parse_overrides
 from mode_policy.policies.folders import resolve_policy_dir
 from mode_policy.policies.registry import load_policy
 
@@ -53,13 +53,9 @@ def finetune_config(
         "weights_sha256": _weights_digest(source),
         "frozen": list(freeze),
     }
-    for key, value in parse_overrides(overrides, config_class.override_keys()).items():
-        target = values
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
-    return config_class.from_dict(values)
+    return config_class.from_dict(
+        apply_overrides(values, parse_overrides(overrides, config_class.override_keys()))
+    )
 
 
 def _tasks(config: Any, new: list[str], extend_tasks: bool) -> list[str]:

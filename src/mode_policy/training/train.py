@@ -158,14 +158,14 @@ def _settings(
     if (freeze or extend_tasks) and init_from is None and not resume:
         raise ValueError("--freeze and --extend-tasks go with --init-from (the trained policy to fine-tune)")
     if resume:  # --set overrides must then rebuild the run's own policy config
-        if init_from is not None or freeze or extend_tasks:
-            _check_resumed_finetune(run, init_from, freeze)
         rebuild = (
             (lambda saved_type: policy_config_for(dataset, overrides, saved_type).to_dict())
             if overrides
             else None
         )
-        return resumed_settings(run, run / CHECKPOINT, dataset, given, launch, rebuild), None
+        settings = resumed_settings(run, run / CHECKPOINT, dataset, given, launch, rebuild)
+        _check_resumed_finetune(run, settings, init_from, freeze)
+        return settings, None
     if init_from is None:
         config = policy_config_for(dataset, overrides, policy_type)
         return new_settings(dataset, given, config.to_dict(), launch), None
@@ -222,13 +222,8 @@ def _build(settings: TrainSettings, dataset: Any, run: Path, num_workers: int, s
     return module, data
 
 
-def _check_resumed_finetune(run: Path, init_from: Any, freeze: list[str]) -> None:
+def _check_resumed_finetune(run: Path, saved: TrainSettings, init_from: Any, freeze: list[str]) -> None:
     """A resumed fine-tuning run restores its own weights and frozen groups; given ones must match."""
-    from mode_policy.training.settings import read_settings
-
-    if not (run / RUN_SETTINGS).is_file():
-        return  # nothing to resume: resumed_settings says so
-    saved = read_settings(run)
     if (init_from is not None and str(init_from) != saved.init_from) or (freeze and freeze != saved.freeze):
         raise ValueError(
             f"--resume of {run}: it was started with --init-from {saved.init_from} and --freeze "
