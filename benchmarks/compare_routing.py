@@ -169,7 +169,7 @@ def main() -> None:
         policies[name] = MoDEPolicy.from_pretrained(first_run / "policy")
         record["variants"][name] = {
             "description": VARIANTS[name][0], "overrides": VARIANTS[name][1], **summary(list(mine.values())),
-            "heatmap": heatmap(name, first_run),
+            "heatmap": heatmap(name, policies[name], first_run),
         }  # fmt: skip
     for name, row in cost_rows(policies, args.timing_repetitions).items():
         record["variants"][name].update(row)
@@ -264,9 +264,9 @@ def summary(runs: list[dict]) -> dict:
     }  # fmt: skip
 
 
-def heatmap(name: str, run: Path) -> str | None:
-    """The expert-usage heatmap of a routed variant's first seed, copied into the results."""
-    policy = MoDEPolicy.from_pretrained(run / "policy")
+def heatmap(name: str, policy: MoDEPolicy, run: Path) -> str | None:
+    """The expert-usage heatmap of a routed variant's first seed (``policy``, saved in ``run``), copied
+    into the results."""
     if not routed_layers(policy.denoiser):
         return None
     report = inspect_policy(run, run / "inspect")
