@@ -131,11 +131,11 @@ def collect(args: argparse.Namespace) -> int:
 
 @reports_errors("train", FloatingPointError)  # FloatingPointError: training diverged
 def train_command(args: argparse.Namespace) -> int:
-    """Train a policy on a LeRobot dataset (Lightning; resumable; DDP by flags)."""
+    """Train a policy on a LeRobot dataset or a mixture of several (Lightning; resumable; DDP by flags)."""
     from mode_policy.training.train import train
 
     run = train(
-        args.dataset,
+        args.dataset,  # a list: one dataset, or a mixture
         args.out,
         policy_type=args.policy_type,
         steps=args.steps,
@@ -156,6 +156,10 @@ def train_command(args: argparse.Namespace) -> int:
         init_from=args.init_from,
         freeze=args.freeze,
         extend_tasks=args.extend_tasks,
+        dataset_weights=args.dataset_weights,
+        normalization=args.normalization,
+        rename=args.rename,
+        drop=args.drop,
     )
     print(f"policy (EMA weights) saved to {run / 'policy'}; learning curve {run / 'learning_curve.png'}")
     return 0
@@ -384,7 +388,39 @@ def _add_distill_command(commands: argparse._SubParsersAction) -> None:
 
 def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     train_parser = commands.add_parser("train", help="train a policy (MoDE by default) on a LeRobot dataset")
-    train_parser.add_argument("--dataset", required=True, help="LeRobotDataset v3 folder")
+    train_parser.add_argument(
+        "--dataset",
+        required=True,
+        action="append",
+        help="LeRobotDataset v3 folder; repeat it to train on a mixture of datasets",
+    )
+    train_parser.add_argument(
+        "--dataset-weights",
+        type=_numbers,
+        default=None,
+        metavar="W1,W2,...",
+        help="a mixture: the probability of drawing from each --dataset, in order (default: by frames)",
+    )
+    train_parser.add_argument(
+        "--normalization",
+        choices=("pooled", "per-dataset"),
+        default=None,
+        help="a mixture's stats: pooled over the datasets (default), or each dataset's own",
+    )
+    train_parser.add_argument(
+        "--rename",
+        action="append",
+        metavar="OLD=NEW",
+        default=None,
+        help="rename a feature key in the datasets that have it (repeatable)",
+    )
+    train_parser.add_argument(
+        "--drop",
+        action="append",
+        metavar="KEY",
+        default=None,
+        help="leave a feature out of every dataset (repeatable)",
+    )
     train_parser.add_argument("--out", required=True, help="run directory (checkpoints, logs, policy/)")
     train_parser.add_argument(
         "--policy-type", default="mode", help="a registered policy type (mode); a resumed run keeps its own"

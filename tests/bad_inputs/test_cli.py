@@ -503,6 +503,78 @@ def train_corrupt_video(tmp, fx):
     return Case(argv, video.name)
 
 
+# train on a dataset mixture ------------------------------------------------------------------------------
+def _mixture(tmp, fx, second: Path, *extra: str) -> list[str]:
+    return _train(fx.dataset, tmp, "--dataset", str(second), *extra)
+
+
+@case
+def train_mixture_weights_do_not_match_the_datasets(tmp, fx):
+    return Case(_mixture(tmp, fx, fx.image32, "--dataset-weights", "0.5"), "1 number(s) but 2 dataset(s)")
+
+
+@case
+def train_mixture_negative_weight(tmp, fx):
+    return Case(_mixture(tmp, fx, _data(tmp, fx), "--dataset-weights=-0.5,1"), ">= 0")
+
+
+@case
+def train_mixture_all_weights_zero(tmp, fx):
+    return Case(_mixture(tmp, fx, _data(tmp, fx), "--dataset-weights", "0,0"), "all 0")
+
+
+@case
+def train_mixture_weights_not_numbers(tmp, fx):
+    return Case(_mixture(tmp, fx, _data(tmp, fx), "--dataset-weights", "most,rest"), "--dataset-weights")
+
+
+@case
+def train_mixture_other_fps(tmp, fx):
+    data = _data(tmp, fx)
+    edit_json(data / "meta/info.json", lambda info: info.update(fps=40))
+    return Case(_mixture(tmp, fx, data), "different fps")
+
+
+@case
+def train_mixture_other_feature_shape(tmp, fx):
+    from tests.data.mixture_fixture import write_small_dataset
+
+    other = write_small_dataset(tmp / "other", fps=80, state_dim=39, action_dim=5)
+    return Case(_mixture(tmp, fx, other), f"and {other} disagree on the shape of 'action'")
+
+
+@case
+def train_mixture_camera_in_one_dataset_only(tmp, fx):
+    return Case(_mixture(tmp, fx, fx.image32), "'observation.images.corner' is in the dataset at")
+
+
+@case
+def train_mixture_rename_of_a_missing_key(tmp, fx):
+    argv = _mixture(tmp, fx, fx.image32, "--rename", "observation.images.top=observation.images.corner")
+    return Case(argv, "--rename observation.images.top")
+
+
+@case
+def train_per_dataset_normalization_of_one_dataset(tmp, fx):
+    return Case(_train(fx.dataset, tmp, "--normalization", "per-dataset"), "needs a mixture")
+
+
+@case
+def train_resume_mixture_with_another_dataset_list(tmp, fx):
+    run = copy(fx.run, tmp / "run")
+    argv = [
+        "train",
+        "--dataset",
+        str(fx.dataset),
+        "--dataset",
+        str(fx.image32),
+        "--out",
+        str(run),
+        "--resume",
+    ]
+    return Case(argv, "same --dataset list")
+
+
 # eval ---------------------------------------------------------------------------------------------------
 @case
 def eval_policy_missing(tmp, fx):

@@ -150,7 +150,8 @@ def test_parameter_counts_exclude_idle_experts():
 
 
 def test_tiny_denoiser_learns_both_modes_of_a_2d_toy():
-    result = train_two_mode_toy(seconds=45.0, max_steps=800, samples=1000, seed=0)
-    assert result.seconds < 60
+    # Bounded by steps, not by time: on a loaded machine a time budget gave too few steps to learn.
+    result = train_two_mode_toy(seconds=600.0, max_steps=800, samples=1000, seed=0)
+    assert result.steps == 800
     assert all(0.3 <= fraction <= 0.7 for fraction in result.mode_fractions), result.mode_fractions
     assert result.off_mode_fraction < 0.1, result.off_mode_fraction

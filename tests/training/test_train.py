@@ -160,3 +160,26 @@ def test_a_validation_set_that_does_not_exist_is_refused_before_training(tiny_da
     assert not (tmp_path / "run" / "checkpoints").exists()
     with pytest.raises(ValueError, match="--val-every"):
         train(tiny_dataset, tmp_path / "run2", val_dataset=tiny_dataset, val_every=0, **train_kwargs())
+
+
+def test_the_schedule_is_fitted_to_a_time_budget(tiny_dataset, tmp_path):
+    """A plan far too short for the budget is stretched: more steps run, and the cosine still ends at its
+    floor on the last step (not cut off mid-decay, not flat at the floor for the extra steps)."""
+    import csv
+
+    from mode_policy.training.callbacks import FitScheduleToBudget
+
+    ticks = iter(range(10_000))  # a clock that advances 0.1 s per reading (once per 5 steps): 50 steps/s
+    budget = FitScheduleToBudget(2.0, every=5, reserve_seconds=0.0, clock=lambda: 0.1 * next(ticks))
+    run = train(
+        tiny_dataset, tmp_path / "run", **train_kwargs(steps=10, lr=1e-3, min_lr_ratio=0.1, log_every=1),
+        extra_callbacks=[budget],
+    )  # fmt: skip
+    steps = json.loads((run / "train_summary.json").read_text())["global_step"]
+    assert len(budget.plans) >= 2 and steps == budget.plans[-1][1] > 50
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    lr = {int(row["step"]): float(row["lr"]) for row in rows if row.get("lr")}
+    # The logged lr of a step is the one it was taken with: the floor is only reached after the last one.
+    assert lr[steps] < 0.2e-3 and lr[steps // 2] > 0.3e-3
+    with pytest.raises(ValueError, match="must be positive"):
+        FitScheduleToBudget(0)

@@ -9,13 +9,18 @@ Layout (as LeRobot writes it)::
     data/chunk-000/file-000.parquet                  one row per frame: features + the index columns
     videos/<key>/chunk-000/file-000.mp4              camera streams (decoded on request by ``images()``)
 
-Only numeric columns are loaded (state, action, indices), once, into NumPy; ``column()`` refuses image /
-video features, which ``images(key)`` decodes (all frames once, see ``mode_policy.data.video``). No pandas.
+Only numeric columns are loaded (state, action, indices), one data file at a time, each file's rows checked
+against the episode metadata as it is decoded. Up to ``MEMORY_LIMIT_BYTES`` they are kept in RAM as NumPy
+arrays; a larger dataset (``storage="disk"``, or "auto" past the limit) is decoded once into an on-disk
+column cache that ``column()`` reads a few rows at a time (``mode_policy.data.columns``), so memory stays
+bounded whatever the dataset's size. ``column()`` refuses image / video features, which ``images(key)``
+decodes (all frames once, see ``mode_policy.data.video``). No pandas.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +41,26 @@ from mode_policy.data.format import (
     read_parquet,
     read_parquet_schema,
 )
-from mode_policy.data.stats import Stats, check_stats, compute_stats, stats_from_json
+from mode_policy.data.stats import (
+    Stats,
+    check_stats,
+    column_summary,
+    compute_stats,
+    feature_stats,
+    merge_stats,
+    stats_from_json,
+    stats_to_json,
+)
 from mode_policy.data.writer import LeRobotDatasetWriter
 from mode_policy.io import CorruptFileError, read_json
 
 __all__ = ["LeRobotDataset", "LeRobotDatasetWriter"]
 
 _COLLECT_HINT = "collect one with `mode-policy collect --suite mt10 --out DIR`"
+# storage="auto" keeps the numeric columns in RAM up to this size (``$MODE_POLICY_MEMORY_LIMIT_MB``, default
+# 1024), else reads them from an on-disk cache.
+MEMORY_LIMIT_BYTES = int(float(os.environ.get("MODE_POLICY_MEMORY_LIMIT_MB", "1024")) * 1024**2)
+STORAGE_MODES = ("auto", "memory", "disk")
 
 
 class LeRobotDataset:
@@ -51,20 +69,35 @@ class LeRobotDataset:
     Attributes: ``root``, ``info`` (meta/info.json), ``fps``, ``features`` (name -> dtype/shape/names),
     ``tasks`` (list[str], position = task_index), ``episodes`` (list of dicts with episode_index, length,
     tasks, dataset_from_index, dataset_to_index, sorted by episode_index), ``stats`` (feature -> stat ->
-    array; from meta/stats.json, computed if absent), ``num_frames``, ``num_episodes``.
+    array; from meta/stats.json, computed if absent), ``num_frames``, ``num_episodes``, ``storage``
+    ("memory" or "disk").
+
+    storage: "memory" (numeric columns in RAM), "disk" (read from the column cache in ``cache_dir``, default
+    ``$MODE_POLICY_CACHE`` or ``~/.cache/mode_policy``; built on first use, rebuilt when a data file
+    changes) or "auto" (disk past ``MEMORY_LIMIT_BYTES`` of numeric data).
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(
+        self, root: str | Path, *, storage: str = "auto", cache_dir: str | Path | None = None
+    ) -> None:
         self.root = Path(root)
         self.info = self._load_info()
         self.fps = self.info["fps"]
         self.features: dict[str, dict[str, Any]] = self.info["features"]
         self.tasks = self._load_tasks()
         self.episodes = self._load_episodes()
-        self._columns, self._data_files = self._load_data()
-        self.num_frames = len(self._columns["index"]) if "index" in self._columns else self._num_rows
         self.num_episodes = len(self.episodes)
-        self._validate_consistency()
+        files, file_rows = self._find_data_files()
+        self._data_files = files
+        self.num_frames = int(file_rows.sum())
+        self._check_episodes(self.num_frames)
+        self._episode_from, _, _, self._episode_ids = self._episode_arrays()
+        self.storage = self._choose_storage(storage, self.num_frames)
+        self._load_columns(files, file_rows, cache_dir)
+        for ep in self.episodes:
+            del ep["_file"]
+            if not ep["tasks"] and "task_index" in self._columns:
+                ep["tasks"] = [self.tasks[int(self._columns["task_index"][ep["dataset_from_index"]])]]
         self.stats = self._load_stats()
 
     # ------------------------------------------------------------------ public
@@ -73,7 +106,10 @@ class LeRobotDataset:
         return self.info.get("robot_type")
 
     def column(self, name: str) -> np.ndarray:
-        """All frames of a numeric feature: ``(num_frames, *shape)``, or ``(num_frames,)`` for shape (1,)."""
+        """All frames of a numeric feature: ``(num_frames, *shape)``, or ``(num_frames,)`` for shape (1,).
+
+        A NumPy array, or with ``storage == "disk"`` a :class:`~mode_policy.data.columns.DiskColumn` that
+        indexes like one and reads only the rows asked for (``np.asarray`` reads them all)."""
         if name not in self.features:
             raise KeyError(
                 f"no feature {name!r} in {self.root / INFO_PATH}; features: {sorted(self.features)}"
@@ -246,17 +282,82 @@ class LeRobotDataset:
             ep["tasks"] = list(ep.get("tasks") or [])
         return episodes
 
-    def _load_data(self) -> tuple[dict[str, np.ndarray], list[Path]]:
+    def _find_data_files(self) -> tuple[list[Path], np.ndarray]:
+        """The data parquet files in row order and their row counts (from the footers, nothing decoded)."""
         files = sorted((self.root / DATA_DIR).glob("*/*.parquet"))
         if not files:
             raise DatasetError(
                 f"{self.root / DATA_DIR}: no data files (chunk-XXX/file-YYY.parquet, see info.json "
                 "'data_path'); the dataset is incomplete; rewrite or re-download it"
             )
-        numeric = [name for name, ft in self.features.items() if is_numeric(ft)]
-        parts: dict[str, list[np.ndarray]] = {name: [] for name in numeric}
-        self._num_rows = 0
-        for path in files:
+        return files, np.array([parquet_rows(path) for path in files], dtype=np.int64)
+
+    def _choose_storage(self, storage: str, rows: int) -> str:
+        if storage not in STORAGE_MODES:
+            raise ValueError(f"storage must be one of {list(STORAGE_MODES)}, got {storage!r}")
+        if storage != "auto":
+            return storage
+        row_bytes = sum(
+            int(np.prod(feature_shape(ft))) * np.dtype(ft["dtype"]).itemsize
+            for ft in self.features.values()
+            if is_numeric(ft)
+        )
+        return "disk" if rows * row_bytes > MEMORY_LIMIT_BYTES else "memory"
+
+    def _load_columns(self, files: list[Path], file_rows: np.ndarray, cache_dir: Any) -> None:
+        """``_columns`` (name -> array in RAM, or DiskColumn) and ``_summaries`` (name -> column_summary)."""
+        numeric = {name: ft for name, ft in self.features.items() if is_numeric(ft)}
+        if self.storage == "memory":
+            parts: dict[str, list[np.ndarray]] = {name: [] for name in numeric}
+            self._summaries = self._scan(files, file_rows, numeric, lambda block: _append(parts, block))
+            self._columns = {name: _concat(chunks) for name, chunks in parts.items()}
+        else:
+            self._columns, self._summaries = self._cached_columns(files, file_rows, numeric, cache_dir)
+
+    def _cached_columns(self, files: list[Path], file_rows: np.ndarray, numeric: dict, cache_dir: Any):
+        """The numeric columns as DiskColumns of the column cache (built first if missing or out of date)
+        and their summaries (kept in the cache's manifest: a cached open decodes nothing)."""
+        from mode_policy.data import columns as cache
+
+        directory = Path(cache_dir) if cache_dir is not None else cache.default_cache_dir(self.root)
+        signature = cache.file_signature(files, self.root)
+        manifest = cache.read_manifest(directory, signature)
+        if manifest is None:
+            cannot = (
+                f"{directory}: cannot write the column cache of {self.root} ({{}}); pass cache_dir= (or set "
+                f"${cache.CACHE_ENV}) to a writable folder with room for it (~the numeric data's size)"
+            )
+            layout = {
+                name: (np.dtype(ft["dtype"]), (self.num_frames, *_row_shape(ft)))
+                for name, ft in numeric.items()
+            }
+            try:
+                writer = cache.ColumnCacheWriter(directory, layout)
+            except OSError as err:
+                raise DatasetError(cannot.format(err.strerror or err)) from None
+            try:
+                summaries = self._scan(files, file_rows, numeric, writer.append)
+                manifest = {
+                    "files": signature,
+                    "columns": list(numeric),
+                    "summaries": stats_to_json(summaries),
+                }
+                writer.finish(manifest)
+            except OSError as err:  # reading is DatasetError already: this is the cache's disk
+                writer.abort()
+                raise DatasetError(cannot.format(err.strerror or err)) from None
+            except BaseException:
+                writer.abort()
+                raise
+        columns = {name: cache.DiskColumn(directory / f"{name}.npy") for name in numeric}
+        return columns, stats_from_json(manifest["summaries"])
+
+    def _scan(self, files: list[Path], file_rows: np.ndarray, numeric: dict, sink: Any) -> Stats:
+        """Decode each data file (one in memory at a time), check its rows, hand them to ``sink``; returns
+        the per-column summaries over all rows."""
+        block_summaries: dict[str, list] = {name: [] for name in numeric}
+        first_row = 0
+        for path, rows in zip(files, file_rows, strict=True):
             where = str(path)
             names = read_parquet_schema(path).names
             for name in numeric:
@@ -265,40 +366,24 @@ class LeRobotDataset:
                         f"{where}: column {name!r} is listed in meta/info.json features but missing from the "
                         "parquet file; remove it from info.json or rewrite the data"
                     )
-            table = read_parquet(path, columns=numeric)
-            self._num_rows += table.num_rows
-            for name in numeric:
-                parts[name].append(column_to_numpy(table.column(name), name, self.features[name], where))
-        columns = {
-            name: np.concatenate(chunks) if len(chunks) > 1 else chunks[0] for name, chunks in parts.items()
-        }
-        for name, values in columns.items():
-            if values.dtype.kind == "f" and not np.isfinite(values).all():
-                row = int(np.argwhere(~np.isfinite(values.reshape(len(values), -1)))[0, 0])
-                episode = int(columns["episode_index"][row]) if "episode_index" in columns else "?"
-                raise DatasetError(
-                    f"{self._file_of_row(files, row)}: column {name!r} has NaN/inf values "
-                    f"(first at row {row}, episode {episode}); drop or re-record that episode"
-                )
-        return columns, files
+            table = read_parquet(path, columns=list(numeric))
+            block = {
+                name: column_to_numpy(table.column(name), name, ft, where) for name, ft in numeric.items()
+            }
+            del table
+            self._check_rows(block, int(first_row), where)
+            for name, values in block.items():
+                if len(values):
+                    block_summaries[name].append(column_summary(values))
+            sink(block)
+            first_row += rows
+        return {name: merge_stats(parts) for name, parts in block_summaries.items() if parts}
 
-    def _file_of_row(self, files: list[Path], row: int) -> str:
-        start = 0
-        for path in files:
-            rows = parquet_rows(path)
-            if row < start + rows:
-                return str(path)
-            start += rows
-        return str(self.root / DATA_DIR)
-
-    def _validate_consistency(self) -> None:
+    def _check_episodes(self, num_rows: int) -> None:
+        """The episode metadata alone: unique ids, lengths, and episodes tiling the ``num_rows`` rows."""
         info_path = self.root / INFO_PATH
         ep_path = self.root / EPISODES_DIR
-        n = self.num_frames
-        frm = np.array([ep["dataset_from_index"] for ep in self.episodes], dtype=np.int64)
-        to = np.array([ep["dataset_to_index"] for ep in self.episodes], dtype=np.int64)
-        lengths = np.array([ep["length"] for ep in self.episodes], dtype=np.int64)
-        ids = np.array([ep["episode_index"] for ep in self.episodes], dtype=np.int64)
+        frm, to, lengths, ids = self._episode_arrays()
         if len(np.unique(ids)) != len(ids):
             raise DatasetError(
                 f"{ep_path}: field 'episode_index' repeats an episode; rewrite the episode metadata"
@@ -314,53 +399,70 @@ class LeRobotDataset:
         # Episodes must tile the data rows in order: [0, l0), [l0, l0 + l1), ... exactly as LeRobot writes.
         expected_from = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         bad = np.flatnonzero(frm != expected_from)
-        if bad.size or to[-1] != n:
+        if bad.size or to[-1] != num_rows:
             ep = self.episodes[bad[0] if bad.size else -1]
             raise DatasetError(
                 f"{ep['_file']}: episode {ep['episode_index']} covers rows [{ep['dataset_from_index']}, "
-                f"{ep['dataset_to_index']}) but the episodes must tile the {n} data rows in order; "
+                f"{ep['dataset_to_index']}) but the episodes must tile the {num_rows} data rows in order; "
                 "the data or episode metadata is truncated or stale; rewrite the dataset"
             )
-        episode_index = self._columns["episode_index"]
-        row_bad = np.flatnonzero(episode_index != np.repeat(ids, lengths))
-        if row_bad.size:
-            row = int(row_bad[0])
-            raise DatasetError(
-                f"{self._file_of_row(self._data_files, row)}: column 'episode_index' is "
-                f"{episode_index[row]} at row {row}, but {EPISODES_DIR} places that row in episode "
-                f"{np.repeat(ids, lengths)[row]}; the episode index ranges are inconsistent with the data; "
-                "rewrite the episode metadata"
-            )
-        frame_index = self._columns["frame_index"]
-        expected_frames = np.arange(n) - np.repeat(frm, lengths)
-        row_bad = np.flatnonzero(frame_index != expected_frames)
-        if row_bad.size:
-            row = int(row_bad[0])
-            raise DatasetError(
-                f"{self._file_of_row(self._data_files, row)}: column 'frame_index' is "
-                f"{frame_index[row]} at row {row}, expected {expected_frames[row]} (frames of an episode "
-                "must be stored in order); rewrite the data"
-            )
-        if "task_index" in self._columns and n:
-            task_index = self._columns["task_index"]
-            if task_index.min() < 0 or task_index.max() >= len(self.tasks):
-                raise DatasetError(
-                    f"{self._data_files[0]}: column 'task_index' ranges "
-                    f"{task_index.min()}..{task_index.max()} but {TASKS_PATH} defines "
-                    f"{len(self.tasks)} tasks; rewrite meta/tasks.parquet"
-                )
-        for key, actual in (("total_frames", n), ("total_episodes", len(self.episodes))):
+        for key, actual in (("total_frames", num_rows), ("total_episodes", len(self.episodes))):
             declared = self.info.get(key)
             if declared is not None and declared != actual:
                 raise DatasetError(
                     f"{info_path}: field {key!r} is {declared} but the dataset holds {actual}; "
                     "the dataset is incomplete or info.json is stale; rewrite it"
                 )
-        for ep in self.episodes:
-            if not ep["tasks"] and "task_index" in self._columns:
-                first = int(self._columns["task_index"][ep["dataset_from_index"]])
-                ep["tasks"] = [self.tasks[first]]
-            del ep["_file"]
+
+    def _episode_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(from, to, length, episode_index) of every episode, int64, in row order."""
+        return tuple(
+            np.array([ep[key] for ep in self.episodes], dtype=np.int64)
+            for key in ("dataset_from_index", "dataset_to_index", "length", "episode_index")
+        )
+
+    def _check_rows(self, block: dict[str, np.ndarray], first_row: int, where: str) -> None:
+        """Rows ``first_row ..`` of one data file against the episode metadata: finite floats, the episode
+        and frame index of every row, task indices that exist."""
+        rows = len(next(iter(block.values()))) if block else 0
+        if rows == 0:
+            return
+        frm, ids = self._episode_from, self._episode_ids
+        row_numbers = np.arange(first_row, first_row + rows)
+        position = np.searchsorted(frm, row_numbers, side="right") - 1
+        for name, values in block.items():
+            if values.dtype.kind == "f" and not np.isfinite(values).all():
+                local = int(np.argwhere(~np.isfinite(values.reshape(len(values), -1)))[0, 0])
+                episode = int(block["episode_index"][local]) if "episode_index" in block else "?"
+                raise DatasetError(
+                    f"{where}: column {name!r} has NaN/inf values (first at row {first_row + local}, "
+                    f"episode {episode}); drop or re-record that episode"
+                )
+        expected_episode = ids[position]
+        bad = np.flatnonzero(block["episode_index"] != expected_episode)
+        if bad.size:
+            local = int(bad[0])
+            raise DatasetError(
+                f"{where}: column 'episode_index' is {block['episode_index'][local]} at row "
+                f"{first_row + local}, but {EPISODES_DIR} places that row in episode "
+                f"{expected_episode[local]}; the episode index ranges are inconsistent with the data; "
+                "rewrite the episode metadata"
+            )
+        expected_frames = row_numbers - frm[position]
+        bad = np.flatnonzero(block["frame_index"] != expected_frames)
+        if bad.size:
+            local = int(bad[0])
+            raise DatasetError(
+                f"{where}: column 'frame_index' is {block['frame_index'][local]} at row {first_row + local}, "
+                f"expected {expected_frames[local]} (frames of an episode must be stored in order); rewrite "
+                "the data"
+            )
+        task_index = block.get("task_index")
+        if task_index is not None and (task_index.min() < 0 or task_index.max() >= len(self.tasks)):
+            raise DatasetError(
+                f"{where}: column 'task_index' ranges {task_index.min()}..{task_index.max()} but "
+                f"{TASKS_PATH} defines {len(self.tasks)} tasks; rewrite meta/tasks.parquet"
+            )
 
     def _load_stats(self) -> Stats:
         """meta/stats.json, checked against the data for every float feature; missing features computed."""
@@ -388,16 +490,45 @@ class LeRobotDataset:
                         f"but meta/info.json declares {list(feature_shape(ft))}; {fix}"
                     )
             for name, column in self._columns.items():
-                if name in stats and column.dtype.kind == "f":
-                    problem = check_stats(stats[name], column)
+                if name in stats and column.dtype.kind == "f" and name in self._summaries:
+                    problem = check_stats(stats[name], self._summaries[name])
                     if problem:
                         raise DatasetError(
                             f"{path}: stats[{name!r}] does not describe the data: {problem}; {fix}"
                         )
         missing = {n: ft for n, ft in self.features.items() if is_numeric(ft) and n not in stats}
-        if missing:
+        if missing and self.storage == "memory":
             stats.update(compute_stats(self, missing))
+        for name in missing if self.storage == "disk" else ():
+            stats[name] = self._sampled_stats(name)
         return stats
+
+    def _sampled_stats(
+        self, name: str, blocks: int = 100, rows_per_block: int = 1000
+    ) -> dict[str, np.ndarray]:
+        """Stats of a cached column without reading it whole: min/max/mean/std exact (the scan's summary),
+        quantiles from ``blocks`` evenly spaced runs of rows."""
+        column = self._columns[name]
+        starts = np.linspace(0, max(0, len(column) - rows_per_block), blocks).astype(np.int64)
+        sample = np.concatenate(
+            [column.read(int(start), int(start) + rows_per_block) for start in np.unique(starts)]
+        )
+        return {**feature_stats(sample), **self._summaries[name]}
+
+
+def _append(parts: dict[str, list[np.ndarray]], block: dict[str, np.ndarray]) -> None:
+    for name, values in block.items():
+        parts[name].append(values)
+
+
+def _concat(chunks: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+
+
+def _row_shape(feature: dict[str, Any]) -> tuple[int, ...]:
+    """What one row of a feature's column looks like: () for shape (1,), as ``column_to_numpy`` returns."""
+    shape = feature_shape(feature)
+    return () if shape == (1,) else shape
 
 
 def _task_string_column(table: pa.Table) -> str | None:

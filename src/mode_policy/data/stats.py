@@ -7,7 +7,7 @@ columns, (n,) for vectors), ``count`` of shape (1,), and the quantiles newer LeR
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -30,13 +30,7 @@ def feature_stats(values: np.ndarray) -> dict[str, np.ndarray]:
         data = data[:, None]  # LeRobot keeps scalar stats as shape (1,)
     if data.shape[0] == 0:
         raise ValueError("cannot compute stats of an empty column")
-    stats = {
-        "min": data.min(axis=0),
-        "max": data.max(axis=0),
-        "mean": data.mean(axis=0),
-        "std": data.std(axis=0),
-        "count": np.array([data.shape[0]], dtype=np.int64),
-    }
+    stats = column_summary(data)
     quantiles = np.quantile(data, list(QUANTILES.values()), axis=0)
     stats.update(dict(zip(QUANTILES, quantiles, strict=True)))
     return stats
@@ -59,20 +53,77 @@ def compute_stats(
     return {name: feature_stats(source.column(name)) for name, ft in feats.items() if is_numeric(ft)}
 
 
+def merge_stats(
+    parts: Sequence[Mapping[str, Any]], weights: Sequence[float] | None = None
+) -> dict[str, np.ndarray]:
+    """One feature's stats over the union of ``parts`` (each a stats entry: min, max, mean, std, count, ...).
+
+    weights: how much each part counts in the mean, std and quantiles; default its ``count`` (the stats of
+    all frames together, exact for mean and std); mixture weights give the stats of the sampled
+    distribution. min and max are those of the union. Quantiles are the weighted mean of the parts'
+    quantiles, an approximation (LeRobot's ``aggregate_stats`` does the same). ``count`` is the total.
+    """
+    if not parts:
+        raise ValueError("merge_stats needs at least one stats entry")
+    counts = np.array([float(np.asarray(part["count"]).reshape(-1)[0]) for part in parts])
+    share = counts if weights is None else np.asarray(weights, dtype=np.float64)
+    if share.shape != counts.shape or (share < 0).any() or share.sum() <= 0:
+        raise ValueError(
+            f"merge_stats weights must be {len(parts)} non-negative numbers, not all 0; got {weights}"
+        )
+    share = share / share.sum()
+    mean = sum(w * np.asarray(part["mean"], np.float64) for w, part in zip(share, parts, strict=True))
+    # E[x^2] of the mixture minus its mean squared: the parallel-variance formula, per dimension.
+    second = sum(
+        w * (np.asarray(part["std"], np.float64) ** 2 + np.asarray(part["mean"], np.float64) ** 2)
+        for w, part in zip(share, parts, strict=True)
+    )
+    merged = {
+        "min": np.min([np.asarray(part["min"], np.float64) for part in parts], axis=0),
+        "max": np.max([np.asarray(part["max"], np.float64) for part in parts], axis=0),
+        "mean": mean,
+        "std": np.sqrt(np.maximum(second - mean**2, 0.0)),
+        "count": np.array([int(counts.sum())], dtype=np.int64),
+    }
+    for key in QUANTILES:
+        if all(key in part for part in parts):
+            merged[key] = sum(
+                w * np.asarray(part[key], np.float64) for w, part in zip(share, parts, strict=True)
+            )
+    return merged
+
+
 REQUIRED_STATS = ("min", "max", "mean", "std")
 
 
-def check_stats(stats: Mapping[str, Any], values: np.ndarray) -> str | None:
-    """Why ``stats`` (one feature's entry of stats.json) do not describe ``values`` (rows, ...), or None.
-
-    Checked: the four stats a normaliser may use are present, finite and of the feature's shape; the
-    [min, max] range covers the data (a narrower range would keep a policy from ever reaching the data's
-    extremes); a zero std only where the data never vary; the mean inside the data's range.
-    """
+def column_summary(values: np.ndarray) -> dict[str, np.ndarray]:
+    """min, max, mean, std (per dimension, float64) and count of ``values`` (rows, ...): what
+    :func:`check_stats` compares stats.json with. Summaries of row blocks combine with :func:`merge_stats`."""
     data = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
-    if data.shape[0] == 0:
-        return None
-    width = data.shape[1]
+    return {
+        "min": data.min(axis=0),
+        "max": data.max(axis=0),
+        "mean": data.mean(axis=0),
+        "std": data.std(axis=0),
+        "count": np.array([len(data)], dtype=np.int64),
+    }
+
+
+def check_stats(stats: Mapping[str, Any], values: np.ndarray | Mapping[str, Any]) -> str | None:
+    """Why ``stats`` (one feature's entry of stats.json) do not describe the data, or None.
+
+    values: the data (rows, ...), or their :func:`column_summary`. Checked: the four stats a normaliser may
+    use are present, finite and of the feature's shape; the [min, max] range covers the data (a narrower
+    range would keep a policy from ever reaching the data's extremes); a zero std only where the data never
+    vary; the mean inside the data's range.
+    """
+    if not isinstance(values, Mapping):
+        if len(values) == 0:
+            return None
+        values = column_summary(values)
+    low, high = np.asarray(values["min"]).reshape(-1), np.asarray(values["max"]).reshape(-1)
+    data_mean, data_std = np.asarray(values["mean"]).reshape(-1), np.asarray(values["std"]).reshape(-1)
+    width = low.size
     arrays = {}
     for key in REQUIRED_STATS:
         if key not in stats:
@@ -86,22 +137,21 @@ def check_stats(stats: Mapping[str, Any], values: np.ndarray) -> str | None:
         if not np.isfinite(array).all():
             return f"{key!r} holds NaN or inf"
         arrays[key] = array
-    low, high = data.min(axis=0), data.max(axis=0)
     tolerance = 1e-6 * np.maximum(1.0, np.maximum(np.abs(low), np.abs(high)))
     checks = (
         (arrays["min"] > low + tolerance, "min", low, "is above the data's minimum"),
         (arrays["max"] < high - tolerance, "max", high, "is below the data's maximum"),
-        (arrays["std"] < 0, "std", data.std(axis=0), "is negative"),
+        (arrays["std"] < 0, "std", data_std, "is negative"),
         (
             (arrays["std"] <= 1e-12) & (high - low > tolerance),
             "std",
-            data.std(axis=0),
+            data_std,
             "is 0 where the data vary",
         ),
         (
             (arrays["mean"] < low - tolerance) | (arrays["mean"] > high + tolerance),
             "mean",
-            data.mean(axis=0),
+            data_mean,
             "lies outside the data's range",
         ),
     )

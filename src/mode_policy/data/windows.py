@@ -28,7 +28,8 @@ class ActionChunkDataset(Dataset):
       task                str                               the instruction of frame t
       task_index, episode_index, frame_index                int64 scalars
 
-    All columns are pulled into NumPy once; an item is a handful of fancy-index lookups.
+    An item is a few contiguous row reads (from RAM, or from the column cache of a dataset stored on
+    disk); nothing is kept per frame, so the index of a dataset of any size costs O(episodes) memory.
     """
 
     def __init__(
@@ -47,20 +48,17 @@ class ActionChunkDataset(Dataset):
         self.dataset = dataset
         self.n_obs_steps = n_obs_steps
         self.chunk_size = chunk_size
-        # (frames, dim); a feature of shape (1,) comes back from column() as (frames,), so restore its dim.
         self.state_key = state_key
+        # (frames, dim) arrays, or DiskColumns read per item; rows of shape (1,) features get their dim back.
         self.action = _as_rows(dataset.column(action_key))
         self.state = _as_rows(dataset.column(state_key)) if state_key is not None else None
         # (frames, H, W, 3) uint8 per camera; an item transposes its few rows to (T, 3, H, W).
         self.images = {key: dataset.images(key, cache_dir=image_cache_dir) for key in image_keys}
-        self.task_index = dataset.column("task_index").astype(np.int64)
-        self.episode_index = dataset.column("episode_index").astype(np.int64)
-        self.frame_index = dataset.column("frame_index").astype(np.int64)
-        lengths = np.array([ep["length"] for ep in dataset.episodes], dtype=np.int64)
-        starts = np.array([ep["dataset_from_index"] for ep in dataset.episodes], dtype=np.int64)
-        # Per frame: first and last row of its episode, the clamp bounds for history and chunk.
-        self.episode_start = np.repeat(starts, lengths)
-        self.episode_last = np.repeat(starts + lengths - 1, lengths)
+        self.task_index = dataset.column("task_index")
+        # Per episode (in row order): its first row and episode_index; a frame's episode is a binary search.
+        self.episode_first = np.array([ep["dataset_from_index"] for ep in dataset.episodes], dtype=np.int64)
+        self.episode_after = np.array([ep["dataset_to_index"] for ep in dataset.episodes], dtype=np.int64)
+        self.episode_ids = np.array([ep["episode_index"] for ep in dataset.episodes], dtype=np.int64)
         self._obs_offsets = np.arange(-n_obs_steps + 1, 1, dtype=np.int64)
         self._action_offsets = np.arange(chunk_size, dtype=np.int64)
         self.tasks = list(dataset.tasks)
@@ -69,11 +67,11 @@ class ActionChunkDataset(Dataset):
     def state_dim(self) -> int:
         if self.state is None:
             raise AttributeError("this ActionChunkDataset has no state (state_key=None)")
-        return self.state.shape[1]
+        return int(np.prod(self.state.shape[1:]))
 
     @property
     def action_dim(self) -> int:
-        return self.action.shape[1]
+        return int(np.prod(self.action.shape[1:]))
 
     def __len__(self) -> int:
         return len(self.action)
@@ -83,32 +81,39 @@ class ActionChunkDataset(Dataset):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} frames")
+        episode = int(np.searchsorted(self.episode_first, index, side="right")) - 1
+        first, last = int(self.episode_first[episode]), int(self.episode_after[episode]) - 1
         obs_rows = index + self._obs_offsets
-        first = self.episode_start[index]
         obs_pad = obs_rows < first
         obs_rows = np.maximum(obs_rows, first)
         action_rows = index + self._action_offsets
-        last = self.episode_last[index]
         action_pad = action_rows > last
         action_rows = np.minimum(action_rows, last)
         task_index = int(self.task_index[index])
         item: dict[str, Any] = {}
         if self.state is not None:
-            item[self.state_key] = torch.from_numpy(self.state[obs_rows])
+            item[self.state_key] = torch.from_numpy(_float_rows(self.state[obs_rows]))
         for key, frames in self.images.items():
             item[key] = torch.from_numpy(np.ascontiguousarray(frames[obs_rows].transpose(0, 3, 1, 2)))
         return {
             **item,
             OBSERVATION_IS_PAD_KEY: torch.from_numpy(obs_pad),
-            ACTION_KEY: torch.from_numpy(self.action[action_rows]),
+            ACTION_KEY: torch.from_numpy(_float_rows(self.action[action_rows])),
             ACTION_IS_PAD_KEY: torch.from_numpy(action_pad),
             "task": self.tasks[task_index],
             "task_index": torch.tensor(task_index, dtype=torch.int64),
-            "episode_index": torch.tensor(int(self.episode_index[index]), dtype=torch.int64),
-            "frame_index": torch.tensor(int(self.frame_index[index]), dtype=torch.int64),
+            "episode_index": torch.tensor(int(self.episode_ids[episode]), dtype=torch.int64),
+            "frame_index": torch.tensor(index - first, dtype=torch.int64),
         }
 
 
-def _as_rows(values: np.ndarray) -> np.ndarray:
+def _as_rows(values: Any) -> Any:
+    """(frames, dim) float32 of an in-RAM column; a DiskColumn stays on disk (its rows convert per item)."""
+    if not isinstance(values, np.ndarray):
+        return values
+    return _float_rows(values)
+
+
+def _float_rows(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values, dtype=np.float32)
     return np.ascontiguousarray(values.reshape(len(values), -1))

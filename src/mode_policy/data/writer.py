@@ -5,7 +5,7 @@ end, so a crash or Ctrl-C mid-collection leaves at most that hidden folder behin
 loads as complete. The files match what LeRobot writes: one parquet row group per episode in
 ``data/chunk-000/file-000.parquet`` (rolling to the next file past ``data_files_size_in_mb``), episode
 metadata with LeRobot's per-episode ``stats/<feature>/<stat>`` columns, tasks as a pandas-indexed parquet,
-and ``stats.json`` computed once over all frames.
+and ``stats.json`` over all frames (merged from the episodes' stats past ``EXACT_STATS_BYTES``).
 
 Camera features (``dtype "image"`` or ``"video"``, shape ``[H, W, 3]``, uint8 frames) are stored as LeRobot
 stores them: PNG bytes in a ``{bytes, path}`` struct column of the data parquet, or MP4 streams under
@@ -44,9 +44,14 @@ from mode_policy.data.format import (
     is_numeric,
     numpy_to_arrow,
 )
-from mode_policy.data.stats import feature_stats, stats_to_json
+from mode_policy.data.stats import feature_stats, merge_stats, stats_to_json
 from mode_policy.data.video import image_stats
 from mode_policy.io import atomic_write, atomic_write_text
+
+# stats.json is computed over all frames while the numeric columns fit in this many bytes; past it, from the
+# episodes' stats (min, max, mean, std exact; quantiles the count-weighted mean of the episodes', as LeRobot's
+# aggregate_stats), so a recording of any length needs memory for one episode only.
+EXACT_STATS_BYTES = 256 * 1024**2
 
 
 class LeRobotDatasetWriter:
@@ -139,9 +144,12 @@ class LeRobotDatasetWriter:
         (self._tmp / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
         self._frames: dict[str, list[np.ndarray]] = {name: [] for name in user}
         self._frame_tasks: list[str] = []
-        self._columns: dict[str, list[np.ndarray]] = {
+        # Numeric columns kept for exact stats.json quantiles, until they pass EXACT_STATS_BYTES.
+        self._columns: dict[str, list[np.ndarray]] | None = {
             name: [] for name, ft in self.features.items() if is_numeric(ft)
         }
+        self._column_bytes = 0
+        self._episode_stats: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in self._columns}
         self._episodes: list[dict[str, Any]] = []
         self._tasks: dict[str, int] = {}
         self._num_frames = 0
@@ -195,11 +203,54 @@ class LeRobotDatasetWriter:
             if len(set(self._frame_tasks)) != 1:
                 raise ValueError("pass save_episode(task=...) or give every frame the same 'task'")
             task = self._frame_tasks[0]
+        return self._save({name: np.stack(values) for name, values in self._frames.items()}, task)
+
+    def add_episode(self, frames: Mapping[str, Any], task: str) -> int:
+        """A whole episode at once: ``frames`` maps every declared feature to its (length, *shape) array
+        (cameras: uint8 (length, H, W, 3)); the same files as ``add_frame`` per step, without the per-frame
+        Python work. Returns its episode_index."""
+        self._check_open()
+        if any(self._frames.values()):
+            raise ValueError(
+                "add_episode() while frames of an episode are pending; save_episode() them first"
+            )
+        if set(frames) != set(self.user_features):
+            missing, extra = set(self.user_features) - set(frames), set(frames) - set(self.user_features)
+            raise ValueError(
+                f"episode features mismatch: missing {sorted(missing)}, unexpected {sorted(extra)}"
+            )
+        data, lengths = {}, set()
+        for name, ft in self.user_features.items():
+            camera = not is_numeric(ft)
+            values = np.asarray(frames[name]) if camera else np.asarray(frames[name], dtype=ft["dtype"])
+            if camera and (
+                values.dtype != np.uint8 or values.ndim != 4 or values.shape[1:] != tuple(ft["shape"])
+            ):
+                raise ValueError(
+                    f"frames[{name!r}] must be (length, *{tuple(ft['shape'])}) uint8, got "
+                    f"{values.dtype} {values.shape}"
+                )
+            values = values if camera else values.reshape(len(values), -1)
+            if not camera and values.shape[1:] != tuple(ft["shape"]):
+                raise ValueError(
+                    f"frames[{name!r}] has {values.shape[1]} values per frame, feature shape is {ft['shape']}"
+                )
+            data[name] = values
+            lengths.add(len(values))
+        if len(lengths) != 1 or 0 in lengths:
+            raise ValueError(
+                f"every feature of an episode needs the same number (> 0) of frames, got {sorted(lengths)}"
+            )
+        return self._save(data, str(task))
+
+    def _save(self, data: dict[str, np.ndarray], task: str) -> int:
+        """Write one episode of user features ``data`` (name -> (length, ...) array) under ``task``."""
+        length = len(next(iter(data.values())))
         task_index = self._tasks.setdefault(task, len(self._tasks))
         episode_index = len(self._episodes)
         start = self._num_frames
         frame_index = np.arange(length, dtype=np.int64)
-        data = {name: np.stack(values) for name, values in self._frames.items()}
+        data = dict(data)
         data["timestamp"] = (frame_index / self.fps).astype(np.float32)
         data["frame_index"] = frame_index
         data["episode_index"] = np.full(length, episode_index, dtype=np.int64)
@@ -251,13 +302,18 @@ class LeRobotDatasetWriter:
                 stats = image_stats(sample)
             else:
                 stats = feature_stats(values)
+                self._episode_stats[name].append(stats)
             for stat, value in stats.items():
                 episode[f"stats/{name}/{stat}"] = value.tolist()
         episode["meta/episodes/chunk_index"] = 0
         episode["meta/episodes/file_index"] = 0
         self._episodes.append(episode)
-        for name in self._columns:
-            self._columns[name].append(data[name])
+        if self._columns is not None:
+            for name in self._columns:
+                self._columns[name].append(data[name])
+            self._column_bytes += sum(data[name].nbytes for name in self._columns)
+            if self._column_bytes > EXACT_STATS_BYTES:  # from here on, stats.json merges the episodes' stats
+                self._columns = None
         self._num_frames += length
         self.clear_episode()
         return episode_index
@@ -282,8 +338,10 @@ class LeRobotDatasetWriter:
         tmp = self._tmp
         self._write_tasks(tmp / TASKS_PATH)
         self._write_episodes(tmp / DEFAULT_EPISODES_PATH.format(chunk_index=0, file_index=0))
-        columns = {name: np.concatenate(parts) for name, parts in self._columns.items()}
-        stats = {name: feature_stats(values) for name, values in columns.items()}
+        if self._columns is not None:
+            stats = {name: feature_stats(np.concatenate(parts)) for name, parts in self._columns.items()}
+        else:
+            stats = {name: merge_stats(parts) for name, parts in self._episode_stats.items()}
         for name, samples in self._image_samples.items():
             stats[name] = image_stats(np.concatenate(samples))
         atomic_write_text(tmp / STATS_PATH, json.dumps(stats_to_json(stats), indent=4))

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mode_policy.io import atomic_write_text, check_output_dir
@@ -82,8 +83,9 @@ def _observations(
         from mode_policy.data.lerobot import LeRobotDataset
 
         data = LeRobotDataset(dataset)
-        state = torch.as_tensor(data.column(STATE_KEY), dtype=policy.dtype)
-        task_index = torch.as_tensor(data.column("task_index"))
+        # np.asarray: a dataset stored on disk reads its columns whole here (inspect samples from all frames)
+        state = torch.as_tensor(np.asarray(data.column(STATE_KEY)), dtype=policy.dtype)
+        task_index = torch.as_tensor(np.asarray(data.column("task_index")))
         generator = torch.Generator().manual_seed(seed)
         tasks, states = [], []
         for index, task in enumerate(data.tasks):

@@ -12,7 +12,7 @@ from mode_policy.policies.base import ChunkingPolicy
 from mode_policy.policies.config import PolicyConfig
 from mode_policy.policies.mode.configuration import MoDEPolicyConfig
 from mode_policy.policies.mode.modeling import MoDEPolicy
-from mode_policy.policies.normalizer import NORMALIZATION_MODES, Normalizer
+from mode_policy.policies.normalizer import NORMALIZATION_MODES, Normalizer, PerDatasetStats
 from mode_policy.policies.registry import POLICIES, get_policy_class, load_policy, register_policy
 from mode_policy.policies.vdd.configuration import VDDPolicyConfig
 from mode_policy.policies.vdd.modeling import VDDPolicy
@@ -24,6 +24,7 @@ __all__ = [
     "MoDEPolicy",
     "MoDEPolicyConfig",
     "Normalizer",
+    "PerDatasetStats",
     "PolicyConfig",
     "VDDPolicy",
     "VDDPolicyConfig",

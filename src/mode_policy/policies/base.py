@@ -10,6 +10,15 @@ language_encoder=None)`` calls ``super().__init__(config)``, ``_init_language(la
 ``compute_loss(batch) -> (loss, logs)``. docs/ARCHITECTURE.md walks through an example.
 Saved policies are a directory of config.json (written last: a directory with one is complete),
 model.safetensors and stats.json.
+
+Normalisation stats come in two forms. One set (``{feature: stats}``: one dataset's, or a dataset mixture's
+pooled stats) is the ``normalizer``. Per-dataset stats (``PerDatasetStats``: a mixture trained with
+``normalization="per-dataset"``) keep every training dataset's in ``dataset_normalizers``: ``compute_loss``
+normalises each sample with its own dataset's (``batch_normalizer(batch)``, by ``batch["dataset_index"]``)
+and inference uses one dataset's, copied into ``normalizer`` (``inference_dataset``, the first by default;
+``use_dataset_stats(name)`` or ``from_pretrained(dir, inference_dataset=name)`` picks another). Only policy
+types whose ``compute_loss`` normalises through ``batch_normalizer`` (``supports_per_dataset_stats``) take
+per-dataset stats; the others refuse them.
 """
 
 from __future__ import annotations
@@ -20,7 +29,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -33,16 +41,25 @@ from mode_policy.io import (
     read_json,
     state_dict_mismatch,
 )
-from mode_policy.keys import ACTION_KEY, STATE_KEY, TASK_KEY
+from mode_policy.keys import ACTION_KEY, DATASET_INDEX_KEY, STATE_KEY, TASK_KEY
 from mode_policy.nn.encoders.language import LanguageEncoder, make_language_encoder
 from mode_policy.policies.config import PolicyConfig
 from mode_policy.policies.inputs import image_input, state_input
-from mode_policy.policies.normalizer import Normalizer
+from mode_policy.policies.normalizer import (
+    PER_DATASET,
+    DatasetNormalizers,
+    Normalizer,
+    PerDatasetStats,
+    PerSampleNormalizer,
+    json_ready,
+)
 from mode_policy.policies.queue import RecedingHorizon
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 STATS_FILE = "stats.json"
+# State-dict prefixes of the normalisation buffers (the data's, not learned: fine-tuning leaves them out).
+NORMALIZER_PREFIXES = ("normalizer.", "dataset_normalizers.")
 
 
 class ChunkingPolicy(nn.Module):
@@ -51,6 +68,8 @@ class ChunkingPolicy(nn.Module):
     name: ClassVar[str] = "policy"
     config_class: ClassVar[type[PolicyConfig]] = PolicyConfig
     made_by: ClassVar[str] = "mode-policy train"  # how a user makes one (for messages)
+    # Whether compute_loss normalises through batch_normalizer(batch), so that per-dataset stats apply.
+    supports_per_dataset_stats: ClassVar[bool] = False
 
     def __init__(self, config: PolicyConfig) -> None:
         """Validate and keep ``config``; subclasses then call ``_init_language`` and ``_init_normalization``
@@ -78,18 +97,64 @@ class ChunkingPolicy(nn.Module):
             )
         return encoder
 
-    def _init_normalization(self, dataset_stats: Mapping[str, Mapping[str, Any]] | None) -> None:
+    def _init_normalization(
+        self, dataset_stats: Mapping[str, Mapping[str, Any]] | PerDatasetStats | None
+    ) -> None:
         """The Normalizer of ``config.normalized_features``, and their stats kept JSON-ready (numpy arrays
-        -> lists) as ``dataset_stats``, which save_pretrained writes to stats.json."""
+        -> lists) as ``dataset_stats``, which save_pretrained writes to stats.json.
+
+        dataset_stats: one set ``{feature: stats}``, or ``PerDatasetStats`` (types with
+        ``supports_per_dataset_stats`` only): then ``dataset_normalizers`` holds every dataset's and
+        ``normalizer`` / ``dataset_stats`` are those of ``inference_dataset``."""
         config = self.config
         mapping = {feature: config.normalization_mapping[feature] for feature in config.normalized_features}
-        self.dataset_stats = None if dataset_stats is None else {
-            feature: {name: np.asarray(value).tolist() for name, value in dataset_stats[feature].items()}
-            for feature in mapping
-            if feature in dataset_stats
-        }  # fmt: skip
         shapes = {STATE_KEY: config.state_dim, ACTION_KEY: config.action_dim}
+        self.per_dataset_stats: dict[str, dict] | None = None
+        self.inference_dataset: str | None = None
+        if isinstance(dataset_stats, PerDatasetStats):
+            if not self.supports_per_dataset_stats:
+                raise ValueError(
+                    f"a {self.name} policy cannot normalise each dataset of a mixture with its own stats "
+                    "(its compute_loss reads one set); train it with --normalization pooled"
+                )
+            self.dataset_normalizers = DatasetNormalizers(dataset_stats.datasets, mapping, shapes=shapes)
+            self.per_dataset_stats = {
+                name: json_ready(stats, mapping) for name, stats in dataset_stats.datasets.items()
+            }
+            self.inference_dataset = dataset_stats.inference
+            dataset_stats = dataset_stats.datasets[dataset_stats.inference]
+        self.dataset_stats = None if dataset_stats is None else json_ready(dataset_stats, mapping)
         self.normalizer = Normalizer(dataset_stats, mapping, shapes=shapes)
+
+    @property
+    def normalization(self) -> str:
+        """``"per-dataset"`` (the stats of every training dataset, ``per_dataset_stats``) or ``"single"``
+        (one set: one dataset's, or a mixture's pooled stats)."""
+        return PER_DATASET if self.per_dataset_stats is not None else "single"
+
+    def batch_normalizer(self, batch: Mapping[str, Any]) -> Normalizer | PerSampleNormalizer:
+        """What normalises a training batch: with per-dataset stats and ``batch["dataset_index"]`` (B,), each
+        row with its own dataset's stats; otherwise ``normalizer`` (one set, or the inference dataset's for a
+        batch that does not say where its rows come from, e.g. a validation set)."""
+        index = batch.get(DATASET_INDEX_KEY)
+        if self.per_dataset_stats is None or index is None:
+            return self.normalizer
+        return self.dataset_normalizers.for_samples(torch.as_tensor(index, device=self.device))
+
+    def use_dataset_stats(self, name: str) -> ChunkingPolicy:
+        """Normalise with the stats of training dataset ``name`` from now on (a policy with per-dataset stats:
+        inference, export, save_pretrained); forgets queued actions. Returns the policy."""
+        if self.per_dataset_stats is None:
+            raise ValueError(
+                f"this {self.name} policy holds one set of normalisation stats (it was not trained with "
+                "--normalization per-dataset), so there is no dataset to choose"
+            )
+        chosen = self.dataset_normalizers.per_dataset[self.dataset_normalizers.index(name)]
+        self.normalizer.load_state_dict(chosen.state_dict())
+        self.dataset_stats = self.per_dataset_stats[name]
+        self.inference_dataset = name
+        self.reset()
+        return self
 
     @property
     def observation_keys(self) -> list[str]:
@@ -192,9 +257,15 @@ class ChunkingPolicy(nn.Module):
         atomic_write(
             directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"})
         )
-        atomic_write_text(directory / STATS_FILE, json.dumps(self.dataset_stats or {}, indent=2) + "\n")
+        atomic_write_text(directory / STATS_FILE, json.dumps(self._stats_json(), indent=2) + "\n")
         self.config.save(directory / CONFIG_FILE)  # last: a directory with a config.json is complete
         return directory
+
+    def _stats_json(self) -> dict[str, Any]:
+        """stats.json: one set ``{feature: stats}``, or per-dataset stats (``PerDatasetStats.to_json``)."""
+        if self.per_dataset_stats is None:
+            return self.dataset_stats or {}
+        return PerDatasetStats(self.per_dataset_stats, self.inference_dataset).to_json()
 
     @classmethod
     def from_pretrained(
@@ -203,30 +274,38 @@ class ChunkingPolicy(nn.Module):
         *,
         device: str | torch.device = "cpu",
         language_encoder: LanguageEncoder | None = None,
+        inference_dataset: str | None = None,
     ) -> ChunkingPolicy:
         """Rebuild a policy written by ``save_pretrained``, in eval mode, on ``device``.
 
         Its stats.json and the normaliser saved in model.safetensors must agree: a folder whose files come
-        from different saves is refused.
+        from different saves is refused. inference_dataset: for a policy with per-dataset stats, the
+        training dataset whose stats it normalises with (default: the one saved, the first unless
+        ``use_dataset_stats`` chose another).
         """
         directory, stats = cls._read_saved(directory)
         config = cls.config_class.load(directory / CONFIG_FILE)
         try:
+            if PerDatasetStats.in_json(stats):
+                stats = PerDatasetStats.from_json(stats)
             policy = cls(config, stats or None, language_encoder=language_encoder)
         except (KeyError, ValueError) as error:
             message = error.args[0] if isinstance(error, KeyError) and error.args else error
             raise ValueError(
                 f"{directory / STATS_FILE} does not fit {directory / CONFIG_FILE}: {message}"
             ) from None
-        expected = {k: v.clone() for k, v in policy.normalizer.state_dict().items()} if stats else {}
+        buffers = {k: v.clone() for k, v in policy.state_dict().items() if k.startswith(NORMALIZER_PREFIXES)}
+        expected = buffers if stats else {}
         policy._load_weights(directory)
-        loaded = policy.normalizer.state_dict()
+        loaded = policy.state_dict()
         for key, value in expected.items():
             if not torch.allclose(value, loaded[key], rtol=1e-5, atol=1e-6, equal_nan=True):
                 raise ValueError(
                     f"{directory / STATS_FILE} disagrees with the normaliser saved in "
                     f"{directory / WEIGHTS_FILE} ({key}); was one of them replaced after saving?"
                 )
+        if inference_dataset is not None:
+            policy.use_dataset_stats(inference_dataset)
         return policy.to(device).eval()
 
     @classmethod
@@ -244,9 +323,12 @@ class ChunkingPolicy(nn.Module):
                     f"and {STATS_FILE} (written by {cls.__name__}.save_pretrained)"
                 )
         stats = read_json(directory / STATS_FILE, fix=_RESAVE.format(name=cls.__name__))
-        if not isinstance(stats, dict) or not all(isinstance(v, dict) for v in stats.values()):
+        per_dataset = isinstance(stats, dict) and PerDatasetStats.in_json(stats)
+        if not isinstance(stats, dict) or not (
+            per_dataset or all(isinstance(v, dict) for v in stats.values())
+        ):
             raise CorruptFileError(
-                f"{directory / STATS_FILE} must map each feature to its stats; "
+                f"{directory / STATS_FILE} must map each feature to its stats (or hold per-dataset stats); "
                 + _RESAVE.format(name=cls.__name__)
             )
         return directory, stats

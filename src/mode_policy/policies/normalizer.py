@@ -11,11 +11,16 @@ Modes (Diffusion Policy / LeRobot convention):
 A dimension that never varies in the data (std or max - min below ``eps``, e.g. a constant coordinate of
 a Meta-World observation) gets scale 1 instead of 1/eps: dividing by ~0 would turn the smallest change at
 evaluation time into a huge input. Such a dimension normalises to ``x - mean`` (``x - centre`` for min_max).
+
+A policy trained on a dataset mixture with per-dataset normalisation keeps every dataset's stats
+(``PerDatasetStats``, ``DatasetNormalizers``): in training each sample is normalised with its own dataset's
+(``DatasetNormalizers.for_samples(dataset_index)``); at inference with one chosen dataset's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -163,3 +168,142 @@ def _affine(
 
 def _forget_verification(module: Normalizer, incompatible_keys) -> None:
     module._verified.clear()
+
+
+# Per-dataset normalisation (a policy trained on a dataset mixture with normalization="per-dataset") -------
+PER_DATASET = "per-dataset"  # stats.json's "normalization" when it holds the stats of several datasets
+
+
+@dataclass
+class PerDatasetStats:
+    """The stats of every dataset of a training mixture, and the one a policy normalises with at inference.
+
+    datasets: ``{name: stats}`` (LeRobot stats.json layout each) in the mixture's order: a batch's
+    ``dataset_index`` d picks the d-th. inference: the name used when a batch does not say which dataset
+    its samples come from (inference, validation); default the first. In stats.json:
+    ``{"normalization": "per-dataset", "inference_dataset": name, "datasets": {name: stats}}``.
+    """
+
+    datasets: dict[str, Mapping[str, Mapping[str, Any]]]
+    inference: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.datasets, Mapping) or not self.datasets:
+            raise ValueError("per-dataset stats need the stats of at least one dataset, by name")
+        if not all(isinstance(name, str) and isinstance(s, Mapping) for name, s in self.datasets.items()):
+            raise ValueError("per-dataset stats map each dataset name to its stats {feature: {stat: values}}")
+        self.datasets = dict(self.datasets)
+        if self.inference is None:
+            self.inference = next(iter(self.datasets))
+        check_dataset_name(self.inference, list(self.datasets))
+
+    def to_json(self) -> dict[str, Any]:
+        """stats.json's content (numbers as lists)."""
+        return {
+            "normalization": PER_DATASET,
+            "inference_dataset": self.inference,
+            "datasets": {name: json_ready(stats) for name, stats in self.datasets.items()},
+        }
+
+    @staticmethod
+    def in_json(values: Mapping[str, Any]) -> bool:
+        """Whether a stats.json holds per-dataset stats (else it is one set: ``{feature: stats}``)."""
+        return values.get("normalization") == PER_DATASET
+
+    @classmethod
+    def from_json(cls, values: Mapping[str, Any]) -> PerDatasetStats:
+        datasets = values.get("datasets")
+        if not isinstance(datasets, Mapping) or not all(isinstance(v, Mapping) for v in datasets.values()):
+            raise ValueError("'datasets' must map each dataset name to its stats")
+        return cls(dict(datasets), values.get("inference_dataset"))
+
+
+def check_dataset_name(name: Any, names: list[str]) -> None:
+    """ValueError unless ``name`` is one of the training datasets ``names``."""
+    if name not in names:
+        raise ValueError(f"unknown dataset {name!r}: the policy holds the stats of {names}; pass one of them")
+
+
+class DatasetNormalizers(nn.Module):
+    """One ``Normalizer`` per training dataset (``names`` in the mixture's order), for per-sample stats.
+
+    ``for_samples(dataset_index)`` gives what normalises a batch whose row ``b`` comes from dataset
+    ``dataset_index[b]``. Buffers: ``per_dataset.<d>.features.<feature>.{offset,scale}`` (size,).
+    """
+
+    def __init__(
+        self,
+        stats: Mapping[str, Mapping[str, Mapping[str, Any]]],
+        modes: Mapping[str, str],
+        *,
+        shapes: Mapping[str, int] | None = None,
+        eps: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.names = list(stats)
+        self.per_dataset = nn.ModuleList(
+            [Normalizer(s, modes, shapes=shapes, eps=eps) for s in stats.values()]
+        )
+
+    def index(self, name: str) -> int:
+        check_dataset_name(name, self.names)
+        return self.names.index(name)
+
+    def for_samples(self, dataset_index: torch.Tensor) -> PerSampleNormalizer:
+        """dataset_index: (B,) integers in [0, len(names))."""
+        index = torch.as_tensor(dataset_index).reshape(-1)
+        if index.dtype.is_floating_point or index.dtype == torch.bool:
+            raise ValueError(f"batch['dataset_index'] must hold integers, got dtype {index.dtype}")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(self.names)):
+            raise ValueError(
+                f"batch['dataset_index'] holds {sorted(set(index.tolist()))} but the policy has the stats of "
+                f"{len(self.names)} datasets ({self.names})"
+            )
+        return PerSampleNormalizer(self, index.long())
+
+    def extra_repr(self) -> str:
+        return f"names={self.names}"
+
+
+class PerSampleNormalizer:
+    """``normalize`` / ``unnormalize`` of a batch with each row's own dataset's stats (``DatasetNormalizers
+    .for_samples``); tensors are (B, ..., size) with B = len(dataset_index)."""
+
+    def __init__(self, normalizers: DatasetNormalizers, dataset_index: torch.Tensor) -> None:
+        self.normalizers = normalizers
+        self.dataset_index = dataset_index
+
+    def normalize(self, feature: str, x: torch.Tensor) -> torch.Tensor:
+        affine = self._affine(feature, x)
+        return x if affine is None else (x - affine[0]) / affine[1]
+
+    def unnormalize(self, feature: str, x: torch.Tensor) -> torch.Tensor:
+        affine = self._affine(feature, x)
+        return x if affine is None else x * affine[1] + affine[0]
+
+    def _affine(self, feature: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(offset, scale) of each row, shaped (B, 1, ..., size) like ``x``; None for identity features."""
+        per_dataset = [normalizer._stats(feature) for normalizer in self.normalizers.per_dataset]
+        if per_dataset[0] is None:
+            return None
+        if x.dim() < 2 or x.shape[0] != self.dataset_index.numel():
+            raise ValueError(
+                f"{feature!r} has shape {tuple(x.shape)}, but the batch's dataset_index gives "
+                f"{self.dataset_index.numel()} rows: per-dataset stats need (B, ..., size)"
+            )
+        index = self.dataset_index.to(x.device)
+        shape = (x.shape[0], *([1] * (x.dim() - 2)), x.shape[-1])
+        offset = torch.stack([s.offset for s in per_dataset])[index].reshape(shape).to(x.dtype)
+        scale = torch.stack([s.scale for s in per_dataset])[index].reshape(shape).to(x.dtype)
+        return offset, scale
+
+
+def json_ready(
+    stats: Mapping[str, Mapping[str, Any]], features: Iterable[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``stats`` (of ``features`` where given, those present) with numpy arrays as lists, for stats.json."""
+    names = list(stats) if features is None else [feature for feature in features if feature in stats]
+    return {
+        feature: {name: np.asarray(value).tolist() for name, value in stats[feature].items()}
+        for feature in names
+    }

@@ -181,6 +181,60 @@ class ValidationLoss(L.Callback):
             rows.append({"step": step, "val_diffusion": value})
 
 
+class FitScheduleToBudget(L.Callback):
+    """Fits the run's length and its cosine decay to a wall-clock budget of ``seconds``.
+
+    A speed probe before training misjudges the real loop (data loading, logging, checkpoints, other work on
+    the cores), so a run planned in steps either stops early on its time budget with the cosine unfinished
+    or ends with time left. Every ``every`` steps this re-plans: the steps that still fit at the rate
+    measured since the first re-plan (``margin`` of the time left, the export's ``reserve_seconds``
+    kept aside) become the run's ``max_steps`` and the cosine's ``total_steps``. The learning rate stays
+    continuous: only the remaining part of the curve stretches or shrinks. For runs that are not resumed
+    (the quickstart); a run planned in steps keeps its own length.
+    """
+
+    def __init__(
+        self, seconds: float, *, every: int = 50, margin: float = 0.98, reserve_seconds: float = 5.0,
+        clock: Any = time.perf_counter,
+    ) -> None:  # fmt: skip
+        if seconds <= 0:
+            raise ValueError(f"the time budget must be positive, got {seconds} s")
+        self.seconds, self.every, self.margin, self.reserve = seconds, every, margin, reserve_seconds
+        self.clock = clock  # seconds, monotonic; a test passes a fake one
+        self._started = 0.0
+        self._first: tuple[float, int] | None = None
+        self.plans: list[tuple[int, int]] = []  # (at step, planned total steps)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = self.clock()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if step % self.every:
+            return
+        now = self.clock()
+        if self._first is None:  # the first steps warm up the allocator; measure from here
+            self._first = (now, step)
+            return
+        rate = (step - self._first[1]) / (now - self._first[0])
+        left = self.seconds - (now - self._started) - self.reserve
+        total = max(step + 1, step + int(self.margin * rate * left))
+        trainer.fit_loop.epoch_loop.max_steps = total
+        for config in trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            scheduler.lr_lambdas = [_with_total_steps(fn, total) for fn in scheduler.lr_lambdas]
+        self.plans.append((step, total))
+
+
+def _with_total_steps(schedule: Any, total_steps: int) -> Any:
+    """The same ``functools.partial`` schedule ending at ``total_steps``."""
+    from functools import partial
+
+    if not isinstance(schedule, partial) or "total_steps" not in schedule.keywords:
+        raise TypeError(f"cannot refit the learning-rate schedule {schedule!r}: it has no total_steps")
+    return partial(schedule.func, *schedule.args, **{**schedule.keywords, "total_steps": total_steps})
+
+
 class StepProgressBar(TQDMProgressBar):
     """A tqdm bar over optimizer steps (``n / max_steps``), not over epochs of an endless sampler."""
 
@@ -193,6 +247,12 @@ class StepProgressBar(TQDMProgressBar):
         self.train_progress_bar.set_description("train")
         self.train_progress_bar.n = trainer.global_step
         self.train_progress_bar.refresh()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        bar = getattr(self, "_train_progress_bar", None)
+        if bar is not None and bar.total != trainer.max_steps:  # re-planned (FitScheduleToBudget)
+            bar.total = trainer.max_steps
+        super().on_train_batch_end(trainer, *args)
 
 
 class ExportOnTrainEnd(L.Callback):

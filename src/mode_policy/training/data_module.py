@@ -1,12 +1,15 @@
-"""The training DataLoader: an endless, resumable, per-rank sampler over any map-style dataset."""
+"""The training DataLoader: an endless, resumable, per-rank sampler over any map-style dataset, or over a
+dataset mixture drawn with given weights."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mode_policy.training.sampler import ResumableRandomSampler
+from mode_policy.training.sampler import MixtureSampler, ResumableRandomSampler
 
 
 class ResumableDataModule(L.LightningDataModule):
@@ -15,25 +18,40 @@ class ResumableDataModule(L.LightningDataModule):
     The sampler starts at ``trainer.global_step`` (0 for a fresh run, the checkpoint's step on resume) and
     gives each rank its own slice of every global batch, so Lightning's ``DistributedSampler`` injection is
     not wanted (``Trainer(use_distributed_sampler=False)``).
+
+    weights: with a ``data.mixture.MixtureDataset`` (which has ``sizes``), the probability of drawing from
+    each of its datasets (``MixtureSampler``); None: every item equally often (``ResumableRandomSampler``).
     """
 
-    def __init__(self, dataset: Dataset, *, batch_size: int, seed: int, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        batch_size: int,
+        seed: int,
+        num_workers: int = 0,
+        weights: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed
         self.num_workers = num_workers
+        self.weights = weights
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        sampler = ResumableRandomSampler(
-            len(self.dataset),
+        position = dict(
             batch_size=self.batch_size,
             seed=self.seed,
             start_step=trainer.global_step,
             rank=trainer.global_rank,
             world_size=trainer.world_size,
         )
+        if self.weights is None:
+            sampler = ResumableRandomSampler(len(self.dataset), **position)
+        else:
+            sampler = MixtureSampler(self.dataset.sizes, self.weights, **position)
         return DataLoader(
             self.dataset,
             batch_size=self.batch_size,

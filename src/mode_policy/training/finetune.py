@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from mode_policy.keys import ACTION_KEY
+from mode_policy.policies.base import NORMALIZER_PREFIXES
 from mode_policy.policies.config import DATASET_FIELDS, apply_overrides, dataset_layout, parse_overrides
 from mode_policy.policies.folders import resolve_policy_dir
 from mode_policy.policies.registry import load_policy
@@ -82,10 +83,11 @@ def _weights_digest(policy: Any) -> str:
 @torch.no_grad()
 def load_initial_weights(policy: Any, source: Any) -> None:
     """Copy the source's weights into ``policy`` (built for the new data); the normaliser keeps the new
-    dataset's stats. A one-hot vocabulary that grew adds zero input columns to the goal projection."""
+    dataset's stats (the source's, one set or per dataset, are left out). A one-hot vocabulary that grew adds
+    zero input columns to the goal projection."""
     target = policy.state_dict()
-    weights = {k: v for k, v in source.state_dict().items() if not k.startswith("normalizer.")}
-    missing = sorted(set(target) - set(weights) - {k for k in target if k.startswith("normalizer.")})
+    weights = {k: v for k, v in source.state_dict().items() if not k.startswith(NORMALIZER_PREFIXES)}
+    missing = sorted(set(target) - set(weights) - {k for k in target if k.startswith(NORMALIZER_PREFIXES)})
     unexpected = sorted(set(weights) - set(target))
     grown = len(policy.config.tasks) - len(source.config.tasks)
     resized = []

@@ -1,5 +1,6 @@
 """What a training run was asked to do: ``TrainSettings`` (RUN/train_config.json), their defaults and
-checks, and the rules of ``--resume`` (the saved settings win; ``steps`` may grow, ``lr`` may change).
+checks, and the rules of ``--resume`` (the saved settings win; ``steps`` may grow, ``lr`` may change; the
+data, a dataset mixture included, must be the same).
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from mode_policy.data.mixture import mixture_weights
 from mode_policy.io import CorruptFileError, load_checkpoint
 from mode_policy.policies.folders import RUN_SETTINGS, read_run_settings
 from mode_policy.policies.registry import get_policy_class, policy_config_from_dict
@@ -21,7 +24,7 @@ from mode_policy.policies.registry import get_policy_class, policy_config_from_d
 class TrainSettings:
     """What ``train()`` was asked to do; saved as RUN/train_config.json."""
 
-    dataset: str
+    dataset: str  # the training dataset (a mixture's first)
     steps: int
     batch_size: int
     seed: int
@@ -41,6 +44,24 @@ class TrainSettings:
     policy: dict[str, Any]  # the policy config, with its policy_type
     init_from: str | None = None  # fine-tuning: the policy the weights started from
     freeze: list[str] | None = None  # fine-tuning: parameter groups without gradient
+    # A dataset mixture (training.datasets): every dataset folder in order (``dataset`` is the first) and
+    # each one's sampling probability (summing to 1); None for one dataset.
+    datasets: list[str] | None = None
+    dataset_weights: list[float] | None = None
+    normalization: str = "pooled"  # a mixture's stats: "pooled" or "per-dataset"
+    rename: dict[str, str] | None = None  # --rename: feature keys renamed where a dataset has them
+    drop: list[str] | None = None  # --drop: feature keys left out
+
+    def data(self) -> dict[str, Any]:
+        """What the run trains on, as ``training.datasets.requested_data`` gives it: the dataset list (one
+        dataset: a list of one), weights, normalisation, rename and drop."""
+        return {
+            "datasets": list(self.datasets or [self.dataset]),
+            "dataset_weights": self.dataset_weights,
+            "normalization": self.normalization,
+            "rename": dict(self.rename or {}),
+            "drop": list(self.drop or []),
+        }
 
 
 # Defaults of the settings a caller may leave as None (a resumed run takes them from its train_config.json).
@@ -71,40 +92,78 @@ def resolve_precision(precision: str) -> str:
     return "32-true"
 
 
-def new_settings(dataset: Any, given: dict[str, Any], policy: dict[str, Any], launch: dict[str, Any]):
-    """Settings of a fresh run: the given ones, defaults for the rest."""
+def new_settings(
+    data: dict[str, Any], given: dict[str, Any], policy: dict[str, Any], launch: dict[str, Any]
+) -> TrainSettings:
+    """Settings of a fresh run: the given ones, defaults for the rest. data: the run's data fields
+    (``TrainSettings.data``; one dataset or a mixture with its weights resolved)."""
     values = {k: DEFAULTS[k] if v is None else v for k, v in given.items()}
     if values["warmup_steps"] is None:
         values["warmup_steps"] = min(500, values["steps"] // 10)
-    settings = TrainSettings(dataset=str(Path(dataset.root).resolve()), policy=policy, **values, **launch)
+    roots = [str(Path(root).resolve()) for root in data["datasets"]]
+    mixture = len(roots) > 1
+    settings = TrainSettings(
+        dataset=roots[0],
+        policy=policy,
+        **values,
+        **launch,
+        datasets=roots if mixture else None,
+        dataset_weights=[float(w) for w in data["dataset_weights"]] if mixture else None,
+        normalization=data["normalization"] or "pooled",
+        rename=dict(data["rename"]) or None,
+        drop=list(data["drop"]) or None,
+    )
     check_settings(vars(settings))
     return settings
+
+
+def resumed_data(run: Path, checkpoint: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """The data fields of the run to resume (``TrainSettings.data``), the datasets as given; a given dataset
+    list other than the run's, or a given weight, normalisation, rename or drop other than its own, is one
+    ValueError line."""
+    saved = _read_resumable(run, checkpoint)
+    ours = saved.data()
+    asked = [str(Path(root).resolve()) for root in data["datasets"]]
+    if asked != ours["datasets"]:
+        raise ValueError(
+            f"--resume of {run}: it trains on {', '.join(ours['datasets'])}, asked {', '.join(asked)}; "
+            "resume with the same --dataset list, in the same order, or start a new run"
+        )
+    conflicts = []
+    weights = data["dataset_weights"]
+    if weights is not None and len(asked) > 1:
+        weights = mixture_weights(weights, len(asked)).tolist()
+        if not np.allclose(weights, ours["dataset_weights"], rtol=1e-9, atol=1e-12):
+            conflicts.append(f"dataset_weights: run has {ours['dataset_weights']}, asked {weights}")
+    for name in ("normalization", "rename", "drop"):
+        if data[name] and data[name] != ours[name]:
+            conflicts.append(f"{name}: run has {ours[name]!r}, asked {data[name]!r}")
+    if conflicts:
+        raise ValueError(
+            f"--resume of {run} with data settings that differ from the interrupted run "
+            f"({'; '.join(conflicts)}); resume without them (they are read from train_config.json), or start "
+            "a new run"
+        )
+    return {**ours, "datasets": list(data["datasets"])}
 
 
 def resumed_settings(
     run: Path,
     checkpoint: Path,
-    dataset: Any,
     given: dict[str, Any],
     launch: dict[str, Any],
     rebuild_policy: Callable[[str], dict[str, Any]] | None = None,
 ) -> TrainSettings:
     """The saved settings of ``run``; given ones must agree but for ``ADJUSTABLE_ON_RESUME``, launch
     settings (devices, precision, budget) are taken as given. ``rebuild_policy(policy_type)``: the policy
-    config the caller's ``--set`` overrides give for the run's policy type, which must equal the run's."""
-    if not checkpoint.is_file() or not (run / RUN_SETTINGS).is_file():
-        missing = checkpoint if not checkpoint.is_file() else run / RUN_SETTINGS
-        raise FileNotFoundError(
-            f"cannot resume {run}: {missing} does not exist; start a new run without --resume"
-        )
-    saved = read_settings(run)
+    config the caller's ``--set`` overrides give for the run's policy type, which must equal the run's.
+    The data (datasets, mixture) is checked by ``resumed_data``."""
+    saved = _read_resumable(run, checkpoint)
     conflicts = [
         f"{name}: run has {getattr(saved, name)!r}, asked {value!r}"
         for name, value in given.items()
         if value is not None and name not in ADJUSTABLE_ON_RESUME and value != getattr(saved, name)
     ]
-    if str(dataset.root.resolve()) != saved.dataset:
-        conflicts.append(f"dataset: run has {saved.dataset}, asked {dataset.root.resolve()}")
     saved_policy = policy_config_from_dict(saved.policy)
     if rebuild_policy is not None and rebuild_policy(saved_policy.tag) != saved_policy.to_dict():
         conflicts.append("policy: the --set overrides give another policy config than the run's")
@@ -128,6 +187,15 @@ def resumed_settings(
         setattr(saved, name, value)
     check_settings(vars(saved))
     return saved
+
+
+def _read_resumable(run: Path, checkpoint: Path) -> TrainSettings:
+    if not checkpoint.is_file() or not (run / RUN_SETTINGS).is_file():
+        missing = checkpoint if not checkpoint.is_file() else run / RUN_SETTINGS
+        raise FileNotFoundError(
+            f"cannot resume {run}: {missing} does not exist; start a new run without --resume"
+        )
+    return read_settings(run)
 
 
 def read_settings(run: Path) -> TrainSettings:
@@ -157,6 +225,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "min_lr_ratio": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "ema_decay": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "max_minutes": (lambda v: v is None or (_is_number(v) and v > 0), "a positive number (--max-minutes)"),
+    "normalization": (lambda v: v in ("pooled", "per-dataset"), "pooled or per-dataset (--normalization)"),
 }
 
 

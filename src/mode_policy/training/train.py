@@ -2,10 +2,11 @@
 
 run = train("data/mt10", "runs/mt10", steps=20_000, batch_size=256, seed=0)   # policy_type="mode"
 policy = load_policy(run)                                                     # the EMA weights
+run = train(["data/a", "data/b"], "runs/ab", dataset_weights=[0.7, 0.3])      # a dataset mixture
 
 Run directory::
 
-    RUN/train_config.json       everything needed to resume (dataset, settings, policy config with its type)
+    RUN/train_config.json       everything needed to resume (datasets, settings, policy config with its type)
     RUN/checkpoints/last.ckpt   written atomically every ``checkpoint_every`` steps and at the end
     RUN/tb/                     TensorBoard: loss, lr, grad norm, load balance, per-layer expert usage
     RUN/policy/                 the EMA policy (``save_pretrained``), written when training ends
@@ -41,6 +42,14 @@ from mode_policy.training.callbacks import (
     ValidationLoss,
 )
 from mode_policy.training.data_module import ResumableDataModule
+from mode_policy.training.datasets import (
+    open_data,
+    policy_stats,
+    requested_data,
+    sampling_weights,
+    training_items,
+    where,
+)
 from mode_policy.training.finetune import (
     check_freeze_names,
     finetune_config,
@@ -54,6 +63,7 @@ from mode_policy.training.settings import (
     check_settings,
     new_settings,
     resolve_precision,
+    resumed_data,
     resumed_settings,
 )
 
@@ -62,7 +72,7 @@ RUN_MARKERS = (RUN_SETTINGS, "checkpoints")
 
 
 def train(
-    dataset_dir: str | Path,
+    dataset_dir: str | Path | list[str | Path],
     out_dir: str | Path,
     *,
     policy_type: str = DEFAULT_TYPE,
@@ -93,8 +103,23 @@ def train(
     init_from: str | Path | None = None,
     freeze: str | list[str] | None = None,
     extend_tasks: bool = False,
+    dataset_weights: list[float] | None = None,
+    normalization: str | None = None,
+    rename: dict[str, str] | list[str] | None = None,
+    drop: list[str] | None = None,
 ) -> Path:
     """Train a policy on the LeRobot dataset at ``dataset_dir``; returns the run directory ``out_dir``.
+
+    dataset_dir: one dataset folder, or a list of them: a mixture (``mode_policy.data.mixture``), whose tasks
+    merge into one vocabulary (the same instruction is the same task) and whose datasets must agree on fps
+    and features. dataset_weights: the probability of drawing from each (any positive scale, normalised;
+    default proportional to their frames); every batch is drawn by ``MixtureSampler``. normalization:
+    ``"pooled"`` (default: each feature's stats merged over the mixture, weighted by dataset_weights) or
+    ``"per-dataset"`` (each sample normalised with its own dataset's stats; the policy keeps them all and
+    normalises with the first dataset's at inference, ``use_dataset_stats(name)`` picks another). rename:
+    ``{old: new}`` or ``["old=new"]``, feature keys renamed in the datasets that have them; drop: feature
+    keys left out (e.g. a camera only one dataset has). The data settings are saved in train_config.json: a
+    resumed run needs the same dataset list and takes the rest from there.
 
     policy_type: a registered policy type that can learn from a dataset (has ``compute_loss``; default
     "mode"); a resumed run keeps its own. steps: optimizer steps in total (default 20000); batch_size: per
@@ -118,8 +143,6 @@ def train(
     one-hot encoder); freeze: parameter groups to keep fixed, e.g. ``"router,experts"``
     (``mode_policy.training.finetune``).
     """
-    from mode_policy.data.lerobot import LeRobotDataset
-
     run = check_output_dir(out_dir, option="--out", owned=RUN_MARKERS, what="training run")
     given = {
         "steps": steps, "batch_size": batch_size, "seed": seed, "lr": lr, "weight_decay": weight_decay,
@@ -136,10 +159,13 @@ def train(
             f"{run} already holds a training run ({run / CHECKPOINT}); continue it with --resume, or choose "
             "a new --out directory"
         )
-    dataset = LeRobotDataset(dataset_dir)
+    data = requested_data(dataset_dir, dataset_weights, normalization, rename, drop)
+    if resume:
+        data = resumed_data(run, run / CHECKPOINT, data)
+    dataset = open_data(data)
     finetune = {"init_from": init_from, "freeze": check_freeze_names(freeze), "extend_tasks": extend_tasks}
     settings, source = _settings(
-        run, dataset, policy_type, policy_overrides, given, launch, resume, **finetune
+        run, dataset, data, policy_type, policy_overrides, given, launch, resume, **finetune
     )
     _warn_constant_actions(dataset)
     validation = _validation(settings, dataset, val_dataset, val_every)
@@ -151,10 +177,11 @@ def train(
 
 
 def _settings(
-    run, dataset, policy_type, overrides, given, launch, resume, *, init_from, freeze, extend_tasks
+    run, dataset, data, policy_type, overrides, given, launch, resume, *, init_from, freeze, extend_tasks
 ):
     """(the run's settings, the policy to start from or None): new settings (the policy config built for
-    the dataset, or fine-tuned from ``init_from``) or the resumed run's."""
+    the dataset or mixture, or fine-tuned from ``init_from``; ``data`` its data fields) or the resumed
+    run's."""
     if (freeze or extend_tasks) and init_from is None and not resume:
         raise ValueError("--freeze and --extend-tasks go with --init-from (the trained policy to fine-tune)")
     if resume:  # --set overrides must then rebuild the run's own policy config
@@ -163,15 +190,15 @@ def _settings(
             if overrides
             else None
         )
-        settings = resumed_settings(run, run / CHECKPOINT, dataset, given, launch, rebuild)
+        settings = resumed_settings(run, run / CHECKPOINT, given, launch, rebuild)
         _check_resumed_finetune(run, settings, init_from, freeze)
         return settings, None
     if init_from is None:
         config = policy_config_for(dataset, overrides, policy_type)
-        return new_settings(dataset, given, config.to_dict(), launch), None
+        return new_settings(data, given, config.to_dict(), launch), None
     source = source_policy(init_from)
     config = finetune_config(source, init_from, dataset, overrides, extend_tasks=extend_tasks, freeze=freeze)
-    settings = new_settings(dataset, given, config.to_dict(), launch)
+    settings = new_settings(data, given, config.to_dict(), launch)
     settings.init_from, settings.freeze = str(init_from), freeze
     return settings, source
 
@@ -196,15 +223,16 @@ def _write_settings(run: Path, settings: TrainSettings) -> None:
 
 
 def _build(settings: TrainSettings, dataset: Any, run: Path, num_workers: int, source: Any = None):
-    """The policy (its registered type; with ``source``, starting from its weights; frozen groups
-    applied) wrapped for Lightning, and the resumable data module."""
+    """The policy (its registered type, normalising as ``settings.normalization`` says; with ``source``,
+    starting from its weights; frozen groups applied) wrapped for Lightning, and the resumable data module
+    (a mixture's items drawn with its weights)."""
     L.seed_everything(settings.seed, verbose=False)  # same initial weights on every rank
     config = policy_config_from_dict(settings.policy)
-    policy = get_policy_class(config.tag)(config, dataset.stats)
+    policy = get_policy_class(config.tag)(config, policy_stats(dataset, settings.normalization))
     if source is not None:
         load_initial_weights(policy, source)
     freeze_groups(policy, settings.freeze or [])
-    windows = _windows(config, dataset)
+    windows = training_items(dataset, lambda part: _windows(config, part))
     optim = OptimConfig(
         lr=settings.lr, weight_decay=settings.weight_decay, warmup_steps=settings.warmup_steps,
         total_steps=settings.steps, min_lr_ratio=settings.min_lr_ratio,
@@ -217,7 +245,11 @@ def _build(settings: TrainSettings, dataset: Any, run: Path, num_workers: int, s
         check_grad_finite=settings.precision not in ("16-mixed", "16"),
     )
     data = ResumableDataModule(
-        windows, batch_size=settings.batch_size, seed=settings.seed, num_workers=num_workers
+        windows,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+        num_workers=num_workers,
+        weights=sampling_weights(dataset),
     )
     return module, data
 
@@ -247,15 +279,19 @@ def _windows(config: Any, dataset: Any) -> Any:
 
 
 def _validation(settings: TrainSettings, dataset: Any, val_dataset: Any, every: int | None) -> tuple | None:
-    """(windows, every) of a held-out dataset, its features checked against the training set's; None
-    without one."""
+    """(windows, every) of a held-out dataset (seen with the run's --rename / --drop), its features checked
+    against the training set's; None without one. A policy with per-dataset stats normalises it with its
+    inference dataset's."""
     from mode_policy.data.lerobot import LeRobotDataset
+    from mode_policy.data.mixture import DatasetView
 
     if val_dataset is None:
         return None
     if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
         raise ValueError(f"--val-every must be a positive number of steps, got {every!r}")
     held_out = LeRobotDataset(val_dataset)
+    if settings.rename or settings.drop:
+        held_out = DatasetView(held_out, settings.rename, settings.drop or [])
     config = policy_config_from_dict(settings.policy)
     for key in (*config.observation_keys, ACTION_KEY):
         ours, theirs = dataset.features.get(key, {}).get("shape"), held_out.features.get(key, {}).get("shape")
@@ -312,7 +348,7 @@ def _warn_constant_actions(dataset: Any) -> None:
     if dims:
         values = [float(stats["min"][d]) for d in dims]
         warn(
-            f"action dimension(s) {dims} of {dataset.root} never vary in the data (min == max = {values}): "
+            f"action dimension(s) {dims} of {where(dataset)} never vary in the data (min == max = {values}): "
             "the policy will always output that value there; check the recording if it should move"
         )
 

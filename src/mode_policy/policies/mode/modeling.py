@@ -60,6 +60,7 @@ class MoDEPolicy(ChunkingPolicy):
     """
 
     config_class = MoDEPolicyConfig
+    supports_per_dataset_stats = True  # compute_loss normalises through batch_normalizer
 
     def __init__(
         self,
@@ -120,6 +121,8 @@ class MoDEPolicy(ChunkingPolicy):
         batch: ``observation.state`` (B, n_obs_steps, state_dim), ``action`` (B, chunk_size, action_dim),
         ``task`` list[str] of length B, optional ``action_is_pad`` (B, chunk_size): padded actions are left
         out of the loss. ``observation_is_pad`` needs no handling: padded states repeat a real frame.
+        With per-dataset stats, ``dataset_index`` (B,) int64 says whose stats normalise each row
+        (``batch_normalizer``).
         Returns the scalar loss to minimise and detached logs: ``loss``, ``diffusion``, ``load_balance``,
         ``z_loss`` (scalars) and ``expert_fraction`` (layers, routed experts).
         """
@@ -149,8 +152,9 @@ class MoDEPolicy(ChunkingPolicy):
                 )
             mask = ~is_pad.bool()
         goal = self._goal(tasks)  # (B, goal_dim)
-        obs = self._obs_tokens(state, images, goal)  # (B, obs tokens, obs_dim)
-        target = self.normalizer.normalize(ACTION_KEY, action)  # (B, chunk_size, action_dim)
+        normalizer = self.batch_normalizer(batch)
+        obs = self._obs_tokens(state, images, goal, normalizer)  # (B, obs tokens, obs_dim)
+        target = normalizer.normalize(ACTION_KEY, action)  # (B, chunk_size, action_dim)
         sigma = self.sigma_distribution.sample(
             (batch_size,), generator=generator, device=self.device, dtype=self.dtype
         )
@@ -243,23 +247,30 @@ class MoDEPolicy(ChunkingPolicy):
 
     # Helpers ---------------------------------------------------------------------------------------------
     def _obs_tokens(
-        self, state: torch.Tensor | None, images: dict[str, torch.Tensor], goal: torch.Tensor
+        self,
+        state: torch.Tensor | None,
+        images: dict[str, torch.Tensor],
+        goal: torch.Tensor,
+        normalizer: Any = None,
     ) -> torch.Tensor:
         """Raw state (B, T, state_dim) and camera images (B, T, 3, H, W) -> (B, tokens, obs_dim).
 
         State only: the normalised states, one token per step (unchanged from the state-only policy).
         With cameras: per step [camera_1, ..., camera_n, state], each ``vision_feature_dim`` wide.
+        normalizer: what normalises the state (default ``self.normalizer``; a training batch's
+        ``batch_normalizer``).
         """
         config = self.config
+        normalizer = self.normalizer if normalizer is None else normalizer
         if not config.image_keys:
-            return self.normalizer.normalize(STATE_KEY, state)
+            return normalizer.normalize(STATE_KEY, state)
         batch, steps = next(iter(images.values())).shape[:2]
         stacked = torch.stack([images[key] for key in config.image_keys], dim=2)  # (B, T, cams, 3, H, W)
         stacked = self.vision.normalize(stacked.flatten(0, 1))  # (B*T, cams, 3, H, W)
         cond = goal.repeat_interleave(steps, dim=0) if config.vision_film else None
         tokens = self.vision(stacked, cond).reshape(batch, steps, len(config.image_keys), -1)
         if state is not None:
-            state_token = self.state_proj(self.normalizer.normalize(STATE_KEY, state))  # (B, T, F)
+            state_token = self.state_proj(normalizer.normalize(STATE_KEY, state))  # (B, T, F)
             tokens = torch.cat([tokens, state_token.unsqueeze(2)], dim=2)
         return tokens.flatten(1, 2)
 
