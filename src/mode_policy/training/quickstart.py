@@ -36,8 +36,8 @@ QUICKSTART_POLICY = {
     "denoiser.heads": 4,
 }
 QUICKSTART_TRAINING = {"batch_size": 128, "lr": 1e-3, "ema_decay": 0.995}
-# Measured (benchmarks/RESULTS.md): ~2400 steps gave 0.94-0.95 on MT10, ~1450 gave 0.88-0.90, ~920 0.87.
-GOOD_STEPS = 2000
+# Measured with 100 demos per task (benchmarks/RESULTS.md): ~1100 steps gave 0.94-0.96, ~830 0.89-0.91.
+GOOD_STEPS = 1000
 
 
 def quickstart(
@@ -90,7 +90,7 @@ def quickstart(
         needed = (GOOD_STEPS / rate + collected + 15) / (1 - EVAL_RESERVE) / 60
         warn(
             f"this machine trains ~{rate:.1f} steps/s, so {minutes:g} minutes give {steps} steps, fewer than "
-            f"the ~{GOOD_STEPS} a good quickstart policy needs (expect MT10 success below 0.9); give it "
+            f"the ~{GOOD_STEPS} a good quickstart policy needs (expect MT10 success near 0.9); give it "
             f"--minutes {math.ceil(needed)}, or free the cores of other work"
         )
     train(
