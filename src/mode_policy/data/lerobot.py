@@ -90,8 +90,7 @@ class LeRobotDataset:
         files, file_rows = self._find_data_files()
         self._data_files = files
         self.num_frames = int(file_rows.sum())
-        self._check_episodes(self.num_frames)
-        self._episode_from, _, _, self._episode_ids = self._episode_arrays()
+        self._episode_from, _, _, self._episode_ids = self._check_episodes(self.num_frames)
         self.storage = self._choose_storage(storage, self.num_frames)
         self._load_columns(files, file_rows, cache_dir)
         for ep in self.episodes:
@@ -379,8 +378,9 @@ class LeRobotDataset:
             first_row += rows
         return {name: merge_stats(parts) for name, parts in block_summaries.items() if parts}
 
-    def _check_episodes(self, num_rows: int) -> None:
-        """The episode metadata alone: unique ids, lengths, and episodes tiling the ``num_rows`` rows."""
+    def _check_episodes(self, num_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The episode metadata alone: unique ids, lengths, and episodes tiling the ``num_rows`` rows;
+        returns ``_episode_arrays()``."""
         info_path = self.root / INFO_PATH
         ep_path = self.root / EPISODES_DIR
         frm, to, lengths, ids = self._episode_arrays()
@@ -413,6 +413,7 @@ class LeRobotDataset:
                     f"{info_path}: field {key!r} is {declared} but the dataset holds {actual}; "
                     "the dataset is incomplete or info.json is stale; rewrite it"
                 )
+        return frm, to, lengths, ids
 
     def _episode_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(from, to, length, episode_index) of every episode, int64, in row order."""
