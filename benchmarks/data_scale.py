@@ -2,6 +2,7 @@
 
     python benchmarks/data_scale.py                         # 20M frames, 2,000 episodes (~25 min, ~9 GB disk)
     python benchmarks/data_scale.py --frames 2000000 --episodes 200 --tag data-scale-2m   # a quicker look
+    python benchmarks/data_scale.py --open-only --repeats 2      # only the first open (cache build), timed
 
 1. A synthetic LeRobot v3 state dataset is written by our writer (``add_episode``): 39-d state, 4-d action,
    ``--frames`` frames in ``--episodes`` episodes over 10 tasks, data files of 100 MB (LeRobot's default),
@@ -14,6 +15,10 @@
 3. The same for the MT10 set in RAM (``--mt10``, collected with 40 demos per task if absent). The large
    set and MT10 alternate ``--repeats`` times, and the samples/s ratio is taken per pair.
 
+``--open-only`` times just the first open (the column cache build) ``--repeats`` times, the cache removed
+before each, in fresh processes, and adds them to the results as ``first_opens`` (the source tree the child
+imported is recorded, so ``PYTHONPATH=<other checkout>/src`` compares two versions on the same files).
+
 Results: ``benchmarks/results/<tag>.json`` (written after every measurement); the table goes to
 benchmarks/RESULTS.md by hand.
 """
@@ -23,8 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,6 +37,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from mode_policy.evaluation.report import machine_description
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -118,6 +125,21 @@ def measure(dataset_dir: str, steps: int, batch_size: int) -> dict:
     }
 
 
+def first_open(data: Path, cache_home: Path) -> dict:
+    """Open ``data`` in a fresh process with an empty column cache: wall seconds of the open (cache build)."""
+    code = (
+        "import sys, time; began = time.perf_counter(); import mode_policy; "
+        "from mode_policy.data.lerobot import LeRobotDataset; LeRobotDataset(sys.argv[1]); "
+        "print(mode_policy.__file__, time.perf_counter() - began)"
+    )
+    env = {**os.environ, "MODE_POLICY_CACHE": str(cache_home)}
+    done = subprocess.run([sys.executable, "-c", code, str(data)], check=True, env=env, capture_output=True,
+                          text=True)  # fmt: skip
+    source, seconds = done.stdout.split()[-2:]
+    return {"source": str(Path(source).parent), "seconds": round(float(seconds), 2),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
+
+
 def run_child(dataset: Path, args: argparse.Namespace, cache_home: Path) -> dict:
     command = [sys.executable, __file__, "--child", str(dataset), "--steps", str(args.steps),
                "--batch-size", str(args.batch_size)]  # fmt: skip
@@ -141,6 +163,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tag", default="data-scale")
+    parser.add_argument("--open-only", action="store_true", help="time only the first open (cache build)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -151,23 +174,43 @@ def main() -> None:
     cache_home = args.cache_home or data.parent / f"{data.name}-cache"
     record: dict = {
         "command": " ".join(["python", "benchmarks/data_scale.py", *sys.argv[1:]]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine_description(),
         "frames": args.frames, "episodes": args.episodes, "steps": args.steps,
         "batch_size": args.batch_size, "seed": 0, "policy": POLICY, "runs": [],
     }  # fmt: skip
     out = RESULTS / f"{args.tag}.json"
     if out.is_file():  # a rerun on the same data keeps how long writing it and building its cache took
         earlier = json.loads(out.read_text())
-        record.update({k: earlier[k] for k in ("write_seconds", "cache_build_seconds") if k in earlier})
+        kept = ("write_seconds", "cache_build_seconds", "first_opens", "open_only_writes")
+        kept += ("runs", "summary", "command", "machine", "wall_seconds") if args.open_only else ()
+        record.update({k: earlier[k] for k in kept if k in earlier})
     began = time.perf_counter()
 
     def save() -> None:
-        record["wall_seconds"] = round(time.perf_counter() - began, 1)
+        record["open_only_wall_seconds" if args.open_only else "wall_seconds"] = round(
+            time.perf_counter() - began, 1
+        )
         out.write_text(json.dumps(record, indent=2) + "\n")
 
     if not (data / "meta" / "info.json").is_file():
-        record["write_seconds"] = round(write_synthetic(data, args.frames, args.episodes), 1)
+        written = round(write_synthetic(data, args.frames, args.episodes), 1)
+        if args.open_only:  # the training runs kept above may come from another machine: kept apart
+            record.setdefault("open_only_writes", []).append(
+                {"seconds": written, "machine": machine_description()}
+            )
+        else:
+            record["write_seconds"] = written
         save()
+    if args.open_only:
+        record.setdefault("first_opens", [])
+        for _ in range(args.repeats):
+            shutil.rmtree(cache_home, ignore_errors=True)
+            command = " ".join(["python", "benchmarks/data_scale.py", *sys.argv[1:]])
+            opened = first_open(data, cache_home)
+            record["first_opens"].append({**opened, "machine": machine_description(), "command": command})
+            save()
+            print(json.dumps(record["first_opens"][-1]), flush=True)
+        return
     if not (args.mt10 / "meta" / "info.json").is_file():
         # In a process of its own: this script's folder (on sys.path here) holds a metaworld.py.
         collect = ["-m", "mode_policy.cli", "collect", "--suite", "mt10", "--episodes-per-task", "40"]

@@ -1,7 +1,15 @@
+import contextlib
+
 import pytest
 import torch
 
 from mode_policy import MoDEConfig, MoDEDenoiser
+
+# Lightning binds its log handlers to the sys.stderr of the moment it is first imported. Imported inside a
+# test that captures output (capsys), they would hold that test's stream, closed once it ends, and every
+# later test's Lightning log line would print "--- Logging error ---" into its own output. Import it now.
+with contextlib.suppress(ImportError):
+    import lightning.pytorch  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

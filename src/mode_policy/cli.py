@@ -190,6 +190,7 @@ def _eval_here(args: argparse.Namespace, episodes: dict) -> dict:
         video_dir=args.video_dir,
         use_expert_cache=False if args.no_expert_cache else None,
         compile=args.compile,
+        inference_dataset=args.inference_dataset,
         **episodes,
     )
 
@@ -197,9 +198,10 @@ def _eval_here(args: argparse.Namespace, episodes: dict) -> dict:
 def _eval_served(args: argparse.Namespace, episodes: dict) -> dict:
     from mode_policy.serving.evaluate import evaluate_served
 
-    if args.no_expert_cache or args.compile or args.video_dir is not None:
+    if args.no_expert_cache or args.compile or args.video_dir is not None or args.inference_dataset:
         raise ValueError(
-            "--no-expert-cache, --compile and --video-dir are the server's business with --server"
+            "--no-expert-cache, --compile, --video-dir and --inference-dataset are the server's business "
+            "with --server"
         )
     return evaluate_served(
         args.server,
@@ -238,7 +240,7 @@ def serve_command(args: argparse.Namespace) -> int:
             f"--host {args.host} opens the policy to the network: pass --token-file too (clients must then "
             "present the token)"
         )
-    policy = load_policy(args.policy, device=args.device)
+    policy = load_policy(args.policy, device=args.device, inference_dataset=args.inference_dataset)
     server = PolicyServer(
         policy, host=args.host, port=args.port, token=token, batch_window_ms=args.batch_window_ms,
         max_batch=args.max_batch, max_message_bytes=args.max_message_bytes, control_hz=args.control_hz,
@@ -296,6 +298,7 @@ def distill_command(args: argparse.Namespace) -> int:
         warm_start_lr=args.warm_start_lr,
         student_overrides={"action_mode": args.action_mode},
         max_minutes=args.max_minutes,
+        inference_dataset=args.inference_dataset,
         overwrite=args.overwrite,
     )
     print(
@@ -319,6 +322,7 @@ def export_command(args: argparse.Namespace) -> int:
         dynamic_batch=args.dynamic_batch,
         task=args.task,
         calibration=args.calibration,
+        inference_dataset=args.inference_dataset,
         overwrite=args.overwrite,
     )
     print(
@@ -327,6 +331,14 @@ def export_command(args: argparse.Namespace) -> int:
         f"{report.max_abs_diff:.1e}; run it with `mode-policy eval --policy {report.path}`"
     )
     return 0
+
+
+def _add_inference_dataset(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--inference-dataset", default=None, metavar="NAME",
+        help="a mixture policy with per-dataset stats: normalise with this training dataset's (default: its "
+        "first; names are the datasets' folder names)",
+    )  # fmt: skip
 
 
 def _add_export_command(commands: argparse._SubParsersAction) -> None:
@@ -342,6 +354,7 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", default=None, help="the instruction a goal-routed policy is exported for")
     parser.add_argument("--calibration", default=None, help="LeRobot dataset for --quantize int8-static")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    _add_inference_dataset(parser)
     parser.set_defaults(run=export_command)
 
 
@@ -383,6 +396,7 @@ def _add_distill_command(commands: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
     parser.add_argument("--overwrite", action="store_true", help="replace a student already at --out")
+    _add_inference_dataset(parser)
     parser.set_defaults(run=distill_command)
 
 
@@ -497,6 +511,7 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
         "--max-episode-steps", type=int, default=None,
         help="end episodes sooner than Meta-World's 500 steps (smoke tests; results are not comparable)",
     )  # fmt: skip
+    _add_inference_dataset(eval_parser)
     eval_parser.set_defaults(run=eval_command)
 
     inspect_parser = commands.add_parser(
@@ -574,6 +589,7 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-batch", type=int, default=MAX_BATCH, help="requests per forward pass")
     parser.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES, help="per message")
     parser.add_argument("--control-hz", type=float, default=None, help="the robot's control rate (metadata)")
+    _add_inference_dataset(parser)
     parser.set_defaults(run=serve_command)
 
 

@@ -829,6 +829,35 @@ def eval_onnx_no_expert_cache(tmp, fx):
     return Case(_eval(fx.exported, "--no-expert-cache"), "no expert cache")
 
 
+# --inference-dataset: only a policy trained on a mixture with per-dataset stats has datasets to choose
+@case
+def eval_inference_dataset_of_a_single_stats_policy(tmp, fx):
+    return Case(_eval(fx.policy, "--inference-dataset", "sim"), "holds one set of normalisation stats")
+
+
+@case
+def eval_inference_dataset_of_an_exported_file(tmp, fx):
+    return Case(_eval(fx.exported, "--inference-dataset", "sim"), "export the policy again")
+
+
+@case
+def export_inference_dataset_of_a_single_stats_policy(tmp, fx):
+    argv = _export(fx.policy, tmp / "p.onnx", "--inference-dataset", "sim")
+    return Case(argv, "holds one set of normalisation stats")
+
+
+@case
+def serve_inference_dataset_of_a_single_stats_policy(tmp, fx):
+    argv = ["serve", "--policy", str(fx.policy), "--port", "0", "--inference-dataset", "sim"]
+    return Case(argv, "holds one set of normalisation stats")
+
+
+@case
+def eval_inference_dataset_through_a_server(tmp, fx):
+    argv = ["eval", "--server", "ws://127.0.0.1:9", "--inference-dataset", "sim"]
+    return Case(argv, "the server's business")
+
+
 # distill, inspect, quickstart ---------------------------------------------------------------------------
 def _distill(fx, tmp, *extra) -> list[str]:
     return ["distill", "--teacher", str(fx.run), "--out", str(tmp / "student"), "--steps", "1", *extra]
@@ -858,6 +887,11 @@ def distill_teacher_missing(tmp, fx):
 def distill_out_is_file(tmp, fx):
     path, check = _user_file(tmp)
     return Case(["distill", "--teacher", str(fx.run), "--out", str(path)], "--out", check)
+
+
+@case
+def distill_inference_dataset_of_a_single_stats_teacher(tmp, fx):
+    return Case(_distill(fx, tmp, "--inference-dataset", "sim"), "holds one set of normalisation stats")
 
 
 @case

@@ -175,3 +175,72 @@ def test_a_long_recording_merges_the_episodes_stats(tmp_path, monkeypatch):
     for key in ("min", "max", "mean", "std", "count"):
         np.testing.assert_allclose(dataset.stats["action"][key], exact[key], rtol=1e-6, atol=1e-9)
     assert not np.allclose(dataset.stats["action"]["q10"], exact["q10"])  # quantiles: episode averages
+
+
+def test_files_decoded_on_threads_arrive_in_order_and_the_first_bad_file_is_named(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from mode_policy.data import lerobot
+
+    root = tmp_path / "ds"
+    written = write_episodes(root, lengths=(4, 6, 5, 8, 3, 7, 2, 9), data_files_size_in_mb=1e-4)
+    files = sorted((root / "data").glob("*/*.parquet"))
+    assert len(files) >= 4
+    monkeypatch.setattr(lerobot, "SCAN_THREADS", 3)
+    for storage in ("memory", "disk"):  # rows in row order whatever thread decoded them
+        dataset = LeRobotDataset(root, storage=storage, cache_dir=tmp_path / f"cache-{storage}")
+        np.testing.assert_array_equal(
+            np.asarray(dataset.column("observation.state")), written["observation.state"]
+        )
+    for path in (files[1], files[3]):  # both damaged: the earlier one is reported
+        table = pq.read_table(path)
+        state = np.asarray(table.column("observation.state").to_pylist(), dtype=np.float32)
+        state[0, 0] = np.nan
+        column = table.schema.get_field_index("observation.state")
+        pq.write_table(table.set_column(column, "observation.state", [list(state)]), path)
+    with pytest.raises(DatasetError, match="NaN") as error:
+        LeRobotDataset(root, storage="disk", cache_dir=tmp_path / "cache-bad")
+    assert str(files[1]) in str(error.value)
+
+
+def test_ordered_map_keeps_order_bounds_look_ahead_and_raises_where_due():
+    import threading
+    import time
+
+    from mode_policy.data.lerobot import ordered_map
+
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def work(item):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.01 * (5 - item % 5))  # later items finish first
+        with lock:
+            running[0] -= 1
+        if item == 7:
+            raise ValueError("item 7")
+        return item * item
+
+    results = ordered_map(work, range(12), 3)
+    assert [next(results) for _ in range(7)] == [i * i for i in range(7)]
+    assert most[0] <= 3
+    with pytest.raises(ValueError, match="item 7"):
+        next(results)
+
+
+def test_the_blockwise_column_summary_equals_the_direct_one():
+    from mode_policy.data.stats import column_summary
+
+    values = np.random.default_rng(0).normal(3.0, 2.0, size=(10_001, 2, 3)).astype(np.float32)
+    summary = column_summary(values, block_rows=1000)
+    flat = values.reshape(len(values), -1).astype(np.float64)
+    for name, expected in (
+        ("min", flat.min(0)),
+        ("max", flat.max(0)),
+        ("mean", flat.mean(0)),
+        ("std", flat.std(0)),
+    ):
+        np.testing.assert_allclose(summary[name], expected, rtol=1e-12, atol=1e-12)
+    assert summary["count"].tolist() == [10_001]

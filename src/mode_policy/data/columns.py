@@ -82,7 +82,7 @@ class ColumnCacheWriter:
     def append(self, block: Mapping[str, np.ndarray]) -> None:
         for name, handle in self._files.items():
             dtype, _ = self.layout[name]
-            handle.write(np.ascontiguousarray(block[name], dtype=dtype).tobytes())
+            handle.write(memoryview(np.ascontiguousarray(block[name], dtype=dtype)).cast("B"))
 
     def finish(self, manifest: dict[str, Any]) -> None:
         for name, handle in self._files.items():

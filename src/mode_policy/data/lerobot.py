@@ -61,6 +61,8 @@ _COLLECT_HINT = "collect one with `mode-policy collect --suite mt10 --out DIR`"
 # 1024), else reads them from an on-disk cache.
 MEMORY_LIMIT_BYTES = int(float(os.environ.get("MODE_POLICY_MEMORY_LIMIT_MB", "1024")) * 1024**2)
 STORAGE_MODES = ("auto", "memory", "disk")
+# Data files decoded at once when a dataset is opened (each holds one file's columns in memory).
+SCAN_THREADS = min(4, os.cpu_count() or 1)
 
 
 class LeRobotDataset:
@@ -352,12 +354,13 @@ class LeRobotDataset:
         return columns, stats_from_json(manifest["summaries"])
 
     def _scan(self, files: list[Path], file_rows: np.ndarray, numeric: dict, sink: Any) -> Stats:
-        """Decode each data file (one in memory at a time), check its rows, hand them to ``sink``; returns
-        the per-column summaries over all rows."""
-        block_summaries: dict[str, list] = {name: [] for name in numeric}
-        first_row = 0
-        for path, rows in zip(files, file_rows, strict=True):
-            where = str(path)
+        """Decode each data file, check its rows, hand them to ``sink`` in row order; returns the per-column
+        summaries over all rows. Files are decoded and summarised on ``SCAN_THREADS`` threads (Arrow and
+        NumPy release the GIL), at most that many ahead of ``sink``, so memory holds a few files at once."""
+        first_rows = np.concatenate([[0], np.cumsum(file_rows)[:-1]]).astype(np.int64)
+
+        def decode(position: int) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+            path, where = files[position], str(files[position])
             names = read_parquet_schema(path).names
             for name in numeric:
                 if name not in names:
@@ -370,12 +373,14 @@ class LeRobotDataset:
                 name: column_to_numpy(table.column(name), name, ft, where) for name, ft in numeric.items()
             }
             del table
-            self._check_rows(block, int(first_row), where)
-            for name, values in block.items():
-                if len(values):
-                    block_summaries[name].append(column_summary(values))
+            self._check_rows(block, int(first_rows[position]), where)
+            return block, {name: column_summary(values) for name, values in block.items() if len(values)}
+
+        block_summaries: dict[str, list] = {name: [] for name in numeric}
+        for block, summaries in ordered_map(decode, range(len(files)), SCAN_THREADS):
+            for name, summary in summaries.items():
+                block_summaries[name].append(summary)
             sink(block)
-            first_row += rows
         return {name: merge_stats(parts) for name, parts in block_summaries.items() if parts}
 
     def _check_episodes(self, num_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -515,6 +520,27 @@ class LeRobotDataset:
             [column.read(int(start), int(start) + rows_per_block) for start in np.unique(starts)]
         )
         return {**feature_stats(sample), **self._summaries[name]}
+
+
+def ordered_map(function: Any, items: Any, threads: int) -> Any:
+    """``map(function, items)`` on ``threads`` threads, results in order, at most ``threads`` computed ahead
+    of the consumer (``Executor.map`` would run them all and hold every result). An exception is raised
+    where its item's result is due; the items not yet started are then cancelled."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(function, item))
+                if len(pending) > threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def _append(parts: dict[str, list[np.ndarray]], block: dict[str, np.ndarray]) -> None:

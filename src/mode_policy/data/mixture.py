@@ -5,6 +5,7 @@ views = with_keys([LeRobotDataset(a), LeRobotDataset(b)], rename={"observation.i
 mixture = DatasetMixture(views, weights=[0.7, 0.3])   # fps and feature shapes checked, tasks merged
 windows = MixtureDataset([ActionChunkDataset(d, ...) for d in mixture.datasets], mixture)
 windows[i]   # dataset d's item with task_index in the merged vocabulary and dataset_index = d
+open_datasets(["data/a", "data/b"], [0.7, 0.3], rename=..., drop=...)   # the same, from folders
 
 - **Tasks**: the same instruction string is the same task; the merged vocabulary lists the tasks in order
   of first appearance over the datasets, in the order given (``mixture.tasks``; ``task_maps[d]`` maps
@@ -215,6 +216,21 @@ def with_keys(
                     f"{flag} {key}: no dataset has a feature {key!r} ({roots}); check the spelling"
                 )
     return [DatasetView(dataset, rename, drop) for dataset in datasets]
+
+
+def open_datasets(
+    roots: Sequence[str | Path],
+    weights: Sequence[float] | None = None,
+    rename: Mapping[str, str] | Iterable[str] | None = None,
+    drop: Iterable[str] | None = None,
+) -> Any:
+    """The LeRobot datasets at ``roots`` with ``rename`` / ``drop`` applied: one dataset (a
+    ``LeRobotDataset``, or a ``DatasetView`` when keys change) or, for several, a ``DatasetMixture``
+    sampled with ``weights`` (default: each dataset's share of the frames)."""
+    from mode_policy.data.lerobot import LeRobotDataset
+
+    datasets = with_keys([LeRobotDataset(root) for root in roots], rename, drop)
+    return datasets[0] if len(datasets) == 1 else DatasetMixture(datasets, weights)
 
 
 def check_compatible(datasets: Sequence[Any]) -> None:

@@ -41,7 +41,7 @@ from mode_policy.distill.warm_start import WARM_START_LR, WARM_START_STEPS, warm
 from mode_policy.io import atomic_write, atomic_write_text, check_output_dir
 from mode_policy.keys import ACTION_KEY, STATE_KEY
 from mode_policy.nn.expert_cache import can_cache_experts
-from mode_policy.policies.folders import POLICY_SUBDIR, run_dataset
+from mode_policy.policies.folders import POLICY_SUBDIR, open_run_data
 from mode_policy.policies.vdd.modeling import VDDPolicy
 from mode_policy.training.schedule import warmup_cosine
 
@@ -101,6 +101,7 @@ def distill(
     student_overrides: Mapping[str, Any] | None = None,
     log_every: int = 10,
     max_minutes: float | None = None,
+    inference_dataset: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> DistillResult:
@@ -110,8 +111,12 @@ def distill(
     ``D(x, sigma, obs, goal)`` in normalised space (then pass ``student``, built for its layout).
     data: where the states come from: a LeRobot dataset folder, an ``ActionChunkDataset`` (or any dataset
     of such items), or a dict ``{"observation.state": (N, n_obs_steps, state_dim), "task": list[str] | str,
-    "action": (N, chunk_size, action_dim)}`` of raw values. None: the teacher run's training dataset
-    (RUN/train_config.json "dataset"). Actions are needed for ``gating_targets="data"`` and the warm start.
+    "action": (N, chunk_size, action_dim)}`` of raw values. None: the teacher run's training data
+    (RUN/train_config.json; a mixture's datasets drawn with its weights, its keys renamed and dropped as in
+    training; a teacher with per-dataset stats is distilled on its inference dataset alone, whose stats the
+    student copies). Actions are needed for ``gating_targets="data"`` and the warm start.
+    inference_dataset: a teacher with per-dataset stats normalises with this training dataset's (its own
+    choice by default, the mixture's first), and so does the student.
     experts / covariance / student_overrides: the student (VDDPolicyConfig fields) when ``student`` is None.
     score_sigmas: teacher noise levels whose scores stand in for grad log pi (normalised action units).
     score_estimator: "centred" (the Gaussian part of the score in closed form; lower variance, same expected
@@ -130,9 +135,13 @@ def distill(
     out = _check_out(out, overwrite)
     torch.manual_seed(seed)  # the student's initial weights
     teacher_policy, run_dir, denoiser = _resolve_teacher(teacher)
+    if inference_dataset is not None:
+        if teacher_policy is None:
+            raise TeacherError("a bare denoiser teacher has no stats to choose: drop inference_dataset")
+        teacher_policy.use_dataset_stats(inference_dataset)
     student = _student(student, teacher_policy, experts, covariance, student_overrides)
     need_actions = gating_targets == "data" or warm_start_steps > 0
-    source = batch_source(data, run_dir, student.config, need_actions=need_actions)
+    source = batch_source(data, run_dir, student.config, need_actions=need_actions, teacher=teacher_policy)
     settings = DistillSettings(
         teacher=str(teacher) if isinstance(teacher, (str, Path)) else type(teacher).__name__,
         dataset=source.description, experts=student.config.num_experts, steps=steps, batch_size=batch_size,
@@ -305,27 +314,35 @@ def _teacher_samples(policy, denoiser, obs, goal, chunk_shape, generator) -> tor
 
 
 class BatchSource:
-    """Random batches (with replacement) of raw states, instructions and, when present, action chunks."""
+    """Random batches (with replacement) of raw states, instructions and, when present, action chunks;
+    rows drawn with ``row_weights`` (N,) when given (a mixture's), else uniformly."""
 
-    def __init__(self, state, tasks, action, description: str | None) -> None:
+    def __init__(self, state, tasks, action, description: str | None, row_weights=None) -> None:
         self.state, self.tasks, self.action, self.description = state, tasks, action, description
+        self.row_weights = row_weights
 
     def sample(self, batch_size: int, generator: torch.Generator):
-        rows = torch.randint(len(self.state), (batch_size,), generator=generator, device=generator.device)
+        if self.row_weights is None:
+            rows = torch.randint(len(self.state), (batch_size,), generator=generator, device=generator.device)
+        else:
+            weights = self.row_weights.to(generator.device)
+            rows = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
         rows = rows.cpu()
         action = None if self.action is None else self.action[rows]
         return self.state[rows], [self.tasks[i] for i in rows.tolist()], action
 
 
-def batch_source(data: Any, run_dir: Path | None, config: Any, *, need_actions: bool) -> BatchSource:
+def batch_source(
+    data: Any, run_dir: Path | None, config: Any, *, need_actions: bool, teacher: Any = None
+) -> BatchSource:
     """Distillation's states (and demonstration chunks, raw) from ``data`` as ``distill`` takes it, or from
-    the teacher run's dataset when ``data`` is None; checked against the student's layout ``config``."""
+    the teacher run's data when ``data`` is None; checked against the student's layout ``config``."""
     from mode_policy.data.lerobot import LeRobotDataset
     from mode_policy.data.windows import ActionChunkDataset
 
-    description = None
+    description, row_weights = None, None
     if data is None:
-        data = _run_dataset(run_dir)
+        data, description, row_weights = _run_items(run_dir, config, teacher)
     if isinstance(data, (str, Path)):
         description = str(Path(data).resolve())
         data = LeRobotDataset(data)
@@ -363,17 +380,37 @@ def batch_source(data: Any, run_dir: Path | None, config: Any, *, need_actions: 
                 f"'action' must have shape (N={len(state)}, chunk_size={config.chunk_size}, "
                 f"action_dim={config.action_dim}), got {tuple(action.shape)}"
             )
-    return BatchSource(state, tasks, action, description)
+    return BatchSource(state, tasks, action, description, row_weights)
 
 
-def _run_dataset(run_dir: Path | None) -> str:
-    dataset = run_dataset(run_dir)
-    if dataset is None:
+def _run_items(run_dir: Path | None, config: Any, teacher: Any) -> tuple[Any, str, torch.Tensor | None]:
+    """(training items, description, row weights or None) of the data the teacher run trained on: one
+    dataset's windows; a mixture's windows drawn with its weights; for a teacher with per-dataset stats,
+    its inference dataset's windows alone (the student normalises with that dataset's stats only)."""
+    from mode_policy.data.mixture import DatasetMixture, MixtureDataset
+    from mode_policy.data.windows import ActionChunkDataset
+
+    source = open_run_data(run_dir)
+    if source is None:
         raise ValueError(
-            "no dataset given, and the teacher is not a training run whose recorded dataset still exists; "
+            "no dataset given, and the teacher is not a training run whose recorded datasets still exist; "
             "pass the teacher's training dataset (--dataset DIR / data=...)"
         )
-    return dataset
+
+    def windows(dataset: Any) -> ActionChunkDataset:
+        return ActionChunkDataset(dataset, n_obs_steps=config.n_obs_steps, chunk_size=config.chunk_size)
+
+    if not isinstance(source, DatasetMixture):
+        return windows(source), str(Path(source.root).resolve()), None
+    if getattr(teacher, "per_dataset_stats", None) is not None:
+        name = teacher.inference_dataset
+        part = source.datasets[source.names.index(name)]
+        return windows(part), f"{Path(part.root).resolve()} (the teacher's inference dataset {name})", None
+    items = MixtureDataset([windows(part) for part in source.datasets], source)
+    # Row r of dataset d is drawn with probability weight_d / size_d: the mixture's weights, as in training.
+    share = torch.as_tensor(source.weights, dtype=torch.float64) / torch.as_tensor(items.sizes).clamp(min=1)
+    row_weights = share.repeat_interleave(torch.as_tensor(items.sizes))
+    return items, " + ".join(str(Path(root).resolve()) for root in source.roots), row_weights
 
 
 # Output ---------------------------------------------------------------------------------------------------

@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from mode_policy.data.mixture import DatasetMixture
 from mode_policy.io import atomic_write_text, check_output_dir
-from mode_policy.keys import STATE_KEY
+from mode_policy.keys import STATE_KEY, TASK_INDEX_KEY
 from mode_policy.nn.usage import expert_usage, plot_expert_usage, routed_layers
-from mode_policy.policies.folders import run_dataset
+from mode_policy.policies.folders import open_run_data
 from mode_policy.policies.registry import load_policy_and_run
 
 USAGE_FILES = ("expert_usage.json", "expert_usage.png")
@@ -31,9 +32,10 @@ def inspect_policy(
 ) -> dict[str, Any]:
     """Measure and plot which experts each layer uses at each sampler step.
 
-    Observations come from ``dataset`` (default: the run's training dataset when it still exists): up to
-    ``frames_per_task`` random frames per task. Without a dataset, each task of the policy's config is
-    paired with the mean state (enough for sigma, stage and task routing, whose experts ignore the state).
+    Observations come from ``dataset`` (default: the data the run trained on, every dataset of a mixture,
+    when it still exists): up to ``frames_per_task`` random frames per task and dataset. Without a
+    dataset, each task of the policy's config is paired with the mean state (enough for sigma, stage and
+    task routing, whose experts ignore the state).
     Writes ``expert_usage.png`` (averaged over tasks), one ``expert_usage_task<i>.png`` per task when
     routing depends on the goal, and ``expert_usage.json``; returns the JSON content.
     """
@@ -52,9 +54,8 @@ def inspect_policy(
     sigmas = policy.config.sampling_sigmas(dtype=policy.dtype, device=policy.device)
     per_task = {}
     for task, state in zip(tasks, states, strict=True):
-        obs = policy.normalizer.normalize(STATE_KEY, state)  # (frames, n_obs_steps, state_dim)
-        goal = policy._goal([task] * state.shape[0])
-        per_task[task] = expert_usage(denoiser, obs, goal, sigmas, method=policy.config.sampler, seed=seed)
+        goal = policy._goal([task] * state.shape[0])  # state: normalised (frames, n_obs_steps, state_dim)
+        per_task[task] = expert_usage(denoiser, state, goal, sigmas, method=policy.config.sampler, seed=seed)
     usage = torch.stack(list(per_task.values())).mean(dim=0)  # (steps, layers, experts)
     routing = denoiser.config.router_input
     plot_expert_usage(usage, sigmas, out / USAGE_FILES[1], title=f"expert usage ({routing} routing)")
@@ -76,31 +77,51 @@ def inspect_policy(
 def _observations(
     policy: Any, run_dir: Path | None, dataset: str | Path | None, frames_per_task: int, seed: int
 ) -> tuple[list[str], list[torch.Tensor]]:
-    """Task strings and, per task, raw states (frames, n_obs_steps, state_dim)."""
+    """Task strings and, per task, normalised states (frames, n_obs_steps, state_dim): up to
+    ``frames_per_task`` random frames of each task from each dataset the run trained on (a mixture's
+    every dataset, with the run's rename / drop), or from ``dataset``. A policy with per-dataset stats
+    normalises each dataset's frames with that dataset's stats."""
     config = policy.config
-    dataset = dataset or run_dataset(run_dir)
     if dataset is not None:
         from mode_policy.data.lerobot import LeRobotDataset
 
-        data = LeRobotDataset(dataset)
-        # np.asarray: a dataset stored on disk reads its columns whole here (inspect samples from all frames)
-        state = torch.as_tensor(np.asarray(data.column(STATE_KEY)), dtype=policy.dtype)
-        task_index = torch.as_tensor(np.asarray(data.column("task_index")))
-        generator = torch.Generator().manual_seed(seed)
-        tasks, states = [], []
-        for index, task in enumerate(data.tasks):
-            rows = torch.nonzero(task_index == index).flatten()
-            if rows.numel() == 0:
-                continue
-            rows = rows[torch.randperm(rows.numel(), generator=generator)[:frames_per_task]]
-            tasks.append(task)
+        source = LeRobotDataset(dataset)
+    else:
+        source = open_run_data(run_dir)
+    if source is None:
+        if not config.tasks:
+            raise ValueError(
+                "no dataset to draw observations from and no task list in the policy config; pass "
+                "dataset=<LeRobot dataset folder> (CLI: --dataset)"
+            )
+        # The mean state, normalised: zeros (enough for sigma, stage and task routing, which ignore it).
+        zeros = torch.zeros(1, config.n_obs_steps, config.state_dim, dtype=policy.dtype)
+        return list(config.tasks), [zeros] * len(config.tasks)
+    mixture = isinstance(source, DatasetMixture)
+    parts = list(zip(source.names, source.datasets, strict=True)) if mixture else [(None, source)]
+    generator = torch.Generator().manual_seed(seed)
+    frames: dict[str, list[torch.Tensor]] = {}
+    for name, part in parts:
+        normalizer = policy.normalizer
+        if name is not None and policy.per_dataset_stats is not None:
+            normalizer = policy.dataset_normalizers.per_dataset[policy.dataset_normalizers.index(name)]
+        for task, state in _task_frames(part, frames_per_task, generator):
             # The usage plot needs no history: repeat the frame as an episode start would.
-            states.append(state[rows].unsqueeze(1).expand(-1, config.n_obs_steps, -1))
-        return tasks, states
-    if not config.tasks:
-        raise ValueError(
-            "no dataset to draw observations from and no task list in the policy config; pass "
-            "dataset=<LeRobot dataset folder> (CLI: --dataset)"
-        )
-    mean = policy.normalizer.unnormalize(STATE_KEY, torch.zeros(1, 1, config.state_dim))
-    return list(config.tasks), [mean.expand(1, config.n_obs_steps, -1).to(policy.dtype)] * len(config.tasks)
+            state = torch.as_tensor(state, dtype=policy.dtype).unsqueeze(1).expand(-1, config.n_obs_steps, -1)
+            frames.setdefault(task, []).append(normalizer.normalize(STATE_KEY, state))
+    return list(frames), [torch.cat(states) for states in frames.values()]
+
+
+def _task_frames(dataset: Any, frames_per_task: int, generator: torch.Generator) -> list[tuple[str, Any]]:
+    """(task, raw states (frames, state_dim)) of up to ``frames_per_task`` random frames of each task of
+    ``dataset``. Only the chosen rows of the state column are read (a dataset on disk is not read whole)."""
+    task_index = np.asarray(dataset.column(TASK_INDEX_KEY))
+    state = dataset.column(STATE_KEY)
+    chosen = []
+    for index, task in enumerate(dataset.tasks):
+        rows = np.flatnonzero(task_index == index)
+        if rows.size == 0:
+            continue
+        rows = rows[torch.randperm(rows.size, generator=generator)[:frames_per_task].numpy()]
+        chosen.append((task, np.stack([state[int(row)] for row in rows])))
+    return chosen

@@ -58,6 +58,7 @@ def evaluate(
     record_actions: bool = False,
     device: str | None = None,
     compile: bool = False,
+    inference_dataset: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a policy on a Meta-World suite; returns the results dict (also written as JSON + Markdown).
@@ -71,6 +72,8 @@ def evaluate(
     Meta-World's 500 (for tests; results are then not comparable). record_actions: also return
     ``results["actions"]`` = {(task, episode): (steps, action_dim) array} (not written to disk).
     compile: run the policy's chunk under torch.compile (``policy.compile()``; compile time reported).
+    inference_dataset: for a policy trained on a mixture with per-dataset stats, the training dataset whose
+    stats it normalises with (default: the one it was saved with, the mixture's first).
     """
     from mode_policy.envs.metaworld import MAX_EPISODE_STEPS, episode_seed, suite_tasks
 
@@ -85,7 +88,7 @@ def evaluate(
     names = suite_tasks(suite, tasks)
     horizon = min(max_episode_steps or MAX_EPISODE_STEPS, MAX_EPISODE_STEPS)
     out_dir, video_dir = _check_outputs(out_dir, video_dir)
-    policy, policy_dir, run_dir = load_policy_and_run(policy_or_dir, device=device)
+    policy, policy_dir, run_dir = load_policy_and_run(policy_or_dir, device, inference_dataset)
     if out_dir is None and run_dir is not None:
         out_dir, _ = _check_outputs(run_dir / "eval" / f"{suite.lower()}-seed{seed}", None)
     options = _inference_options(policy, use_expert_cache)
@@ -288,6 +291,8 @@ def _results(run: _Rollouts, jobs: list, names: list[str], seconds: float) -> di
         "ms_per_chunk_batch1_median": run.latency_ms,
         "device": str(run.policy.device),
         "torch_threads": torch.get_num_threads(),
+        # A mixture policy with per-dataset stats: whose stats normalised its observations and actions.
+        "inference_dataset": getattr(run.policy, "inference_dataset", None),
     }
     results["episodes"] = episodes
     return results

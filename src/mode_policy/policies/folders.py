@@ -2,11 +2,13 @@
 (``RUN/policy``), or a checkpoint shipped in the package; and what a run folder records.
 
 resolve_policy_dir("runs/mt10")          # -> (runs/mt10/policy, runs/mt10)
-run_dataset("runs/mt10")                 # -> the dataset the run trained on, if it is still there
+run_data("runs/mt10")                    # -> the dataset(s) the run trained on, if they are still there
+open_run_data("runs/mt10")               # -> those datasets opened as training opened them
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +72,39 @@ def read_run_settings(run_dir: str | Path) -> dict[str, Any]:
     return values
 
 
-def run_dataset(run_dir: str | Path | None) -> str | None:
-    """The dataset folder a training run recorded, when the run has settings and the folder still exists."""
+def data_fields(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run trains on, from its settings (train_config.json, or ``TrainSettings`` as a dict): every
+    dataset folder in order (one dataset: a list of one), the mixture weights (None for one dataset), the
+    normalisation of a mixture, and the feature keys renamed ({old: new}) and dropped."""
+    return {
+        "datasets": list(settings.get("datasets") or [settings["dataset"]]),
+        "dataset_weights": settings.get("dataset_weights"),
+        "normalization": settings.get("normalization") or "pooled",
+        "rename": dict(settings.get("rename") or {}),
+        "drop": list(settings.get("drop") or []),
+    }
+
+
+def run_data(run_dir: str | Path | None) -> dict[str, Any] | None:
+    """The data a training run recorded (``data_fields``: a mixture's every dataset, with its weights and
+    rename / drop), when the run has settings and every dataset folder still exists; else None."""
     if run_dir is None or not (Path(run_dir) / RUN_SETTINGS).is_file():
         return None
-    dataset = read_run_settings(run_dir).get("dataset")
-    return dataset if isinstance(dataset, str) and Path(dataset).is_dir() else None
+    values = read_run_settings(run_dir)
+    if not isinstance(values.get("dataset"), str):
+        return None
+    data = data_fields(values)
+    roots = data["datasets"]
+    return data if all(isinstance(root, str) and Path(root).is_dir() for root in roots) else None
+
+
+def open_run_data(run_dir: str | Path | None) -> Any:
+    """What a training run trained on, opened as it was (``data.mixture.open_datasets``: one dataset, or
+    the mixture with its weights, renames and drops), when the run recorded it and it still exists; else
+    None."""
+    from mode_policy.data.mixture import open_datasets
+
+    data = run_data(run_dir)
+    if data is None:
+        return None
+    return open_datasets(data["datasets"], data["dataset_weights"], data["rename"], data["drop"])

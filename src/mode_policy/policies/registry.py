@@ -55,9 +55,13 @@ def policy_type_of(policy_dir: str | Path) -> str:
     return name
 
 
-def load_policy(policy: str | Path, *, device: str | None = None, **kwargs: Any) -> Any:
+def load_policy(
+    policy: str | Path, *, device: str | None = None, inference_dataset: str | None = None, **kwargs: Any
+) -> Any:
     """The policy saved at ``policy`` (a run, a ``save_pretrained`` folder or a shipped name), in eval mode,
-    on ``device`` (the GPU when there is one); ``kwargs`` go to the class's ``from_pretrained``."""
+    on ``device`` (the GPU when there is one); ``kwargs`` go to the class's ``from_pretrained``.
+    inference_dataset: for a policy trained on a mixture with per-dataset stats, the training dataset whose
+    stats it normalises with (``use_dataset_stats``; default: the one saved, the mixture's first)."""
     import torch
 
     policy_dir, _ = resolve_policy_dir(policy)
@@ -69,13 +73,19 @@ def load_policy(policy: str | Path, *, device: str | None = None, **kwargs: Any)
             f"{', '.join(POLICIES.names())}"
         )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return get_policy_class(name).from_pretrained(policy_dir, device=device, **kwargs)
+    loaded = get_policy_class(name).from_pretrained(policy_dir, device=device, **kwargs)
+    return loaded if inference_dataset is None else loaded.use_dataset_stats(inference_dataset)
 
 
-def load_policy_and_run(policy: Any, device: str | None = None) -> tuple[Any, Path | None, Path | None]:
+def load_policy_and_run(
+    policy: Any, device: str | None = None, inference_dataset: str | None = None
+) -> tuple[Any, Path | None, Path | None]:
     """(policy in eval mode, its save_pretrained folder or None, its run folder or None) for a policy object
-    (passed through), a run, a ``save_pretrained`` folder or a shipped name."""
+    (passed through), a run, a ``save_pretrained`` folder or a shipped name; ``inference_dataset`` as
+    ``load_policy``'s."""
     if hasattr(policy, "predict_action_chunk"):
+        if inference_dataset is not None:
+            policy.use_dataset_stats(inference_dataset)
         return policy.eval(), None, None
     policy_dir, run_dir = resolve_policy_dir(policy)
-    return load_policy(policy_dir, device=device), policy_dir, run_dir
+    return load_policy(policy_dir, device=device, inference_dataset=inference_dataset), policy_dir, run_dir

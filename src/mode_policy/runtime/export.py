@@ -62,6 +62,7 @@ def export_onnx(
     dynamic_batch: bool = False,
     task: str | None = None,
     calibration: Any = None,
+    inference_dataset: str | None = None,
     overwrite: bool = False,
 ) -> ExportReport:
     """Export ``policy`` (a policy object, a run, a saved policy or a shipped name) to the ONNX file ``out``.
@@ -70,12 +71,16 @@ def export_onnx(
     time) or "int8-static" (QDQ, activation ranges calibrated on ``calibration``: a LeRobot dataset folder).
     batch: the batch size the graph is built for; dynamic_batch: any batch size instead. task: the
     instruction a goal-routed policy (task, sigma_goal routing) is exported for: its experts differ per
-    task, so its file is one task's. Refuses what cannot be exported, naming why.
+    task, so its file is one task's. inference_dataset: for a policy trained on a mixture with per-dataset
+    stats, the dataset whose stats the graph normalises with (default: the policy's own choice, the
+    mixture's first unless ``use_dataset_stats`` chose another). Refuses what cannot be exported, naming why.
     """
     started = time.perf_counter()
     out = _check_arguments(out, quantize, batch, calibration, overwrite)
     if isinstance(policy, (str, Path)):
-        policy = load_policy(policy, device="cpu")
+        policy = load_policy(policy, device="cpu", inference_dataset=inference_dataset)
+    elif inference_dataset is not None:
+        policy.use_dataset_stats(inference_dataset)
     if not callable(getattr(policy, "chunk_program", None)):
         raise ValueError(
             f"a {type(policy).__name__} has no chunk program to export (an exported policy is exported "
@@ -273,6 +278,8 @@ def _write_metadata(model: Any, policy: Any, program: ChunkProgram, quantize: st
         "task_embeddings": base64.b64encode(embeddings.tobytes()).decode(),
         "quantize": quantize or "none",
         "batch": str(batch),
+        # A mixture policy with per-dataset stats: whose stats the graph normalises with ("" otherwise).
+        "inference_dataset": getattr(policy, "inference_dataset", None) or "",
     }
     del model.metadata_props[:]
     for key, value in values.items():

@@ -53,6 +53,7 @@ class OnnxPolicy(ChunkingPolicy):
         self.task_embeddings = table.reshape(len(self.tasks), -1)
         self.quantize = meta.get("quantize", "none")
         self.batch_size = None if meta.get("batch", "dynamic") == "dynamic" else int(meta["batch"])
+        self.inference_dataset = meta.get("inference_dataset") or None  # a per-dataset mixture policy's
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | None = None, **options: Any) -> OnnxPolicy:
@@ -61,6 +62,14 @@ class OnnxPolicy(ChunkingPolicy):
             ["CUDAExecutionProvider", "CPUExecutionProvider"] if str(device).startswith("cuda") else None
         )
         return cls(path, providers=providers, **options)
+
+    def use_dataset_stats(self, name: str) -> OnnxPolicy:
+        """Refused: the normalisation is part of the graph."""
+        exported = f" ({self.inference_dataset}'s)" if self.inference_dataset else ""
+        raise ValueError(
+            f"{self.path} normalises with the stats it was exported with{exported}; to use {name}'s, export "
+            f"the policy again with --inference-dataset {name}"
+        )
 
     @property
     def device(self) -> torch.device:

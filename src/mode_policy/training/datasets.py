@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mode_policy.data.mixture import DatasetMixture, MixtureDataset, key_map, mixture_weights, with_keys
+from mode_policy.data.mixture import DatasetMixture, MixtureDataset, key_map, mixture_weights, open_datasets
 from mode_policy.policies.normalizer import PER_DATASET, PerDatasetStats
 
 NORMALIZATIONS = ("pooled", PER_DATASET)
@@ -58,14 +58,10 @@ def open_data(data: dict[str, Any]) -> Any:
     """The training data of ``data`` (``requested_data``, or a resumed run's): one dataset (with rename /
     drop, a ``DatasetView``) or a ``DatasetMixture``; for a mixture ``data["dataset_weights"]`` is set to
     the normalised weights it samples with."""
-    from mode_policy.data.lerobot import LeRobotDataset
-
-    datasets = with_keys([LeRobotDataset(root) for root in data["datasets"]], data["rename"], data["drop"])
-    if len(datasets) == 1:
-        return datasets[0]
-    mixture = DatasetMixture(datasets, data["dataset_weights"])
-    data["dataset_weights"] = mixture.weights.tolist()
-    return mixture
+    dataset = open_datasets(data["datasets"], data["dataset_weights"], data["rename"], data["drop"])
+    if isinstance(dataset, DatasetMixture):
+        data["dataset_weights"] = dataset.weights.tolist()
+    return dataset
 
 
 def policy_stats(dataset: Any, normalization: str | None) -> Any:

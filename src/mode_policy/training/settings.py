@@ -16,7 +16,7 @@ import torch
 
 from mode_policy.data.mixture import mixture_weights
 from mode_policy.io import CorruptFileError, load_checkpoint
-from mode_policy.policies.folders import RUN_SETTINGS, read_run_settings
+from mode_policy.policies.folders import RUN_SETTINGS, data_fields, read_run_settings
 from mode_policy.policies.registry import get_policy_class, policy_config_from_dict
 
 
@@ -55,13 +55,7 @@ class TrainSettings:
     def data(self) -> dict[str, Any]:
         """What the run trains on, as ``training.datasets.requested_data`` gives it: the dataset list (one
         dataset: a list of one), weights, normalisation, rename and drop."""
-        return {
-            "datasets": list(self.datasets or [self.dataset]),
-            "dataset_weights": self.dataset_weights,
-            "normalization": self.normalization,
-            "rename": dict(self.rename or {}),
-            "drop": list(self.drop or []),
-        }
+        return data_fields(vars(self))
 
 
 # Defaults of the settings a caller may leave as None (a resumed run takes them from its train_config.json).
