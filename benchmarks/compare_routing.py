@@ -4,6 +4,8 @@
     python benchmarks/compare_routing.py --variants mode,mot --seeds 0        # some rows, added to the rest
     python benchmarks/compare_routing.py --variants mode,dense_active --steps 200 --eval-episodes 2 \
         --tag smoke                                                            # a smoke run, kept apart
+    python benchmarks/compare_routing.py --costs-only --variants mode,dense_active,dense_total,mot
+                                            # cost columns only, untrained weights, this machine (~3 min)
 
 For each variant and seed: train the state-based policy (same defaults as `mode-policy train`, only the
 denoiser differs) with a validation loss on held-out demonstrations (2 per task, their own seeds) every
@@ -34,6 +36,8 @@ from pathlib import Path
 # benchmarks/metaworld.py would shadow the metaworld package here and in worker processes (they inherit
 # sys.path): drop this folder from the import path first.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import torch  # noqa: E402
 
 from mode_policy.envs.collect import collect_demonstrations  # noqa: E402
 from mode_policy.evaluation.inspect import inspect_policy  # noqa: E402
@@ -126,6 +130,11 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=10, help="per task and seed")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--timing-repetitions", type=int, default=15)
+    parser.add_argument(
+        "--costs-only", action="store_true",
+        help="no training: every variant built with random weights (cost does not depend on them), its "
+        "parameters, MACs and ms per chunk measured interleaved on this machine; results/<tag>-costs.*",
+    )  # fmt: skip
     parser.add_argument("--out", default=None, help="runs folder (default runs/compare-<suite>-<demos>)")
     parser.add_argument(
         "--tag", default=None, help="results name (default compare-routing-<suite>-<demos>demos)"
@@ -142,6 +151,9 @@ def main() -> None:
     command = "python benchmarks/compare_routing.py " + " ".join(sys.argv[1:])
     data_dir, val_dir = collect_data(out, args.suite, args.demos_per_task)
 
+    if args.costs_only:
+        write_costs(names, data_dir, args.timing_repetitions, RESULTS / f"{tag}-costs", command)
+        return
     runs_file = RESULTS / f"{tag}-runs.json"
     setting = {"suite": args.suite, "demos_per_task": args.demos_per_task, "steps": args.steps,
                "batch_size": args.batch_size, "lr": args.lr, "eval_episodes": args.eval_episodes}  # fmt: skip
@@ -178,6 +190,39 @@ def main() -> None:
     atomic_write_text(RESULTS / f"{tag}.json", json.dumps(record, indent=2) + "\n")
     atomic_write_text(RESULTS / f"{tag}.md", table)
     print(table)
+
+
+def write_costs(names: list[str], data_dir: Path, repetitions: int, path: Path, command: str) -> None:
+    """The cost columns of the table for ``names``, from untrained policies of each variant's config."""
+    from mode_policy.data.lerobot import LeRobotDataset
+    from mode_policy.evaluation.report import machine_description
+    from mode_policy.policies.config import parse_overrides
+    from mode_policy.policies.mode.configuration import MoDEPolicyConfig
+
+    dataset = LeRobotDataset(data_dir)
+    torch.manual_seed(0)
+    policies = {}
+    for name in names:
+        overrides = parse_overrides(VARIANTS[name][1], MoDEPolicyConfig.override_keys())
+        policies[name] = MoDEPolicy(MoDEPolicyConfig.for_dataset(dataset, overrides), dataset.stats)
+    rows = cost_rows(policies, repetitions)
+    record = {"command": command, "machine": machine_description(), "torch_threads": torch.get_num_threads(),
+              "timing_repetitions": repetitions, "rows": rows}  # fmt: skip
+    lines = [
+        f"Command: `{command}` ({record['machine']}, {record['torch_threads']} threads; untrained weights).",
+        "",
+        "| variant | params total | params active | MMACs/chunk | ms/chunk b=1 | ms/chunk b=256 | cache |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, row in rows.items():
+        lines.append(
+            f"| {VARIANTS[name][0]} | {row['params_total'] / 1e6:.2f}M | {row['params_active'] / 1e6:.2f}M | "
+            f"{row['macs_per_chunk'] / 1e6:.1f} | {row['ms_batch1']:.1f} | {row['ms_batch256']:.0f} | "
+            f"{'yes' if row['expert_cache'] else 'no'} |"
+        )
+    atomic_write_text(path.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+    atomic_write_text(path.with_suffix(".md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def collect_data(out: Path, suite: str, demos_per_task: int) -> tuple[Path, Path]:

@@ -3,6 +3,7 @@
     python benchmarks/metaworld.py --suite mt10 --demos-per-task 50 --minutes 25
     python benchmarks/metaworld.py --suite mt50 --demos-per-task 10 --minutes 40
     python benchmarks/metaworld.py --suite mt10 --demos-per-task 50 --minutes 25 --export mt10-mode-small
+    python benchmarks/metaworld.py --suite mt10 --steps 10000 --minutes 60 --val-episodes 20 --tag mt10-long
 
 Writes benchmarks/results/metaworld-<suite>-<demos>demos.{json,md} (per-task success with Wilson 95%
 intervals, command, seeds, wall times, model size) and the learning curve PNG beside them. ``--export NAME``
@@ -28,6 +29,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from mode_policy.envs.collect import collect_demonstrations  # noqa: E402
+from mode_policy.evaluation.report import machine_description  # noqa: E402
 from mode_policy.evaluation.rollout import evaluate  # noqa: E402
 from mode_policy.io import atomic_write, atomic_write_text  # noqa: E402
 from mode_policy.policies.mode.modeling import MoDEPolicy  # noqa: E402
@@ -36,6 +38,7 @@ from mode_policy.training.train import train  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 PRETRAINED = REPO / "src" / "mode_policy" / "pretrained"
+VALIDATION_SEED = 5000  # evaluation seeds 5000+ choose recipes; the reported test seeds are 1000+
 
 
 def export_pretrained(policy_dir: Path, name: str, card: str) -> Path:
@@ -69,9 +72,14 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="run folder (default runs/bench-<suite>-<demos>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="policy override")
     parser.add_argument("--export", default=None, metavar="NAME", help="ship the policy as a pretrained name")
+    parser.add_argument(
+        "--val-episodes", type=int, default=0,
+        help="per task, also on the validation seeds (5000 + seed) that recipe choices are made on",
+    )  # fmt: skip
+    parser.add_argument("--tag", default=None, help="results name (default metaworld-<suite>-<demos>demos)")
     args = parser.parse_args()
 
-    tag = f"metaworld-{args.suite}-{args.demos_per_task}demos"
+    tag = args.tag or f"metaworld-{args.suite}-{args.demos_per_task}demos"
     out = Path(args.out or f"runs/bench-{args.suite}-{args.demos_per_task}")
     command = "python benchmarks/metaworld.py " + " ".join(sys.argv[1:])
     timings = {}
@@ -126,6 +134,14 @@ def main() -> None:
         out_dir=out / "eval",
     )
     timings["eval_s"] = round(time.perf_counter() - began, 1)
+    validation = None
+    if args.val_episodes:
+        began = time.perf_counter()
+        validation = evaluate(
+            policy_dir, suite=args.suite, episodes_per_task=args.val_episodes,
+            seed=args.seed + VALIDATION_SEED, out_dir=out / "eval-validation",
+        )  # fmt: skip
+        timings["validation_s"] = round(time.perf_counter() - began, 1)
     timings["total_s"] = round(time.perf_counter() - started, 1)
 
     record = {
@@ -145,7 +161,14 @@ def main() -> None:
         },
         "inference": results["inference"],
         "policy": str(policy_dir),
+        "machine": machine_description(),
     }
+    if validation is not None:
+        record["validation"] = {
+            "seed": args.seed + VALIDATION_SEED, "episodes_per_task": args.val_episodes,
+            "mean_success": validation["mean_success"], "mean_ci95": validation["mean_ci95"],
+            "per_task": {t: e["success_rate"] for t, e in validation["per_task"].items()},
+        }  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_text(RESULTS / f"{tag}.json", json.dumps(record, indent=2, default=str) + "\n")
     curve = run_dir / "learning_curve.png"
