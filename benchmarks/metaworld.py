@@ -57,6 +57,15 @@ def export_pretrained(policy_dir: Path, name: str, card: str) -> Path:
     return target
 
 
+def _finished(run_dir: Path, steps: int) -> bool:
+    """Whether ``run_dir`` already trained all ``steps`` in one session and exported its policy."""
+    summary = run_dir / "train_summary.json"
+    if not (summary.is_file() and (run_dir / "policy" / "config.json").is_file()):
+        return False
+    values = json.loads(summary.read_text())
+    return values["global_step"] >= steps and values["steps_this_session"] == values["global_step"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -95,20 +104,25 @@ def main() -> None:
     # Steps: about what fits the budget at the rate measured on this machine (~5 steps/s at batch 128);
     # max_minutes stops early (and exports the EMA weights) if the machine is slower.
     steps = args.steps or int(args.minutes * 60 * 4.5)
-    run_dir = train(
-        data_dir,
-        out / "run",
-        steps=steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        lr=args.lr,
-        policy_overrides=args.set or None,
-        checkpoint_every=max(200, steps // 10),
-        max_minutes=args.minutes,
-        resume=(out / "run" / "checkpoints" / "last.ckpt").exists(),
-    )
-    timings["train_s"] = round(time.perf_counter() - began, 1)
-    summary = json.loads((run_dir / "train_summary.json").read_text())
+    run_dir = out / "run"
+    if _finished(run_dir, steps):  # e.g. rerun with --export: the trained policy is reused as it is
+        summary = json.loads((run_dir / "train_summary.json").read_text())
+        timings["train_s"] = summary["seconds_this_session"]
+    else:
+        train(
+            data_dir,
+            run_dir,
+            steps=steps,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            lr=args.lr,
+            policy_overrides=args.set or None,
+            checkpoint_every=max(200, steps // 10),
+            max_minutes=args.minutes,
+            resume=(run_dir / "checkpoints" / "last.ckpt").exists(),
+        )
+        timings["train_s"] = round(time.perf_counter() - began, 1)
+        summary = json.loads((run_dir / "train_summary.json").read_text())
 
     policy_dir = run_dir / "policy"
     policy = MoDEPolicy.from_pretrained(policy_dir)

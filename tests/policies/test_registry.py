@@ -77,11 +77,13 @@ def test_a_checkpoint_without_type_tags_loads_as_mode(tmp_path):
                                expected, rtol=0, atol=0)  # fmt: skip
 
 
-def test_the_shipped_policy_has_no_tags_and_loads():
+def test_the_shipped_policy_names_its_type_and_loads():
+    # Shipped again after the tags existed (10000 steps, issue #15); folders without them are covered by
+    # test_a_checkpoint_without_type_tags_loads_as_mode.
     from mode_policy.policies.folders import PRETRAINED_DIR
 
     values = json.loads((PRETRAINED_DIR / "mt10-mode-small" / "config.json").read_text())
-    assert "policy_type" not in values and "kind" not in values["denoiser"]
+    assert values["policy_type"] == "mode" and values["denoiser"]["kind"] == "mode"
     assert isinstance(load_policy("mt10-mode-small", device="cpu"), MoDEPolicy)
 
 
