@@ -172,8 +172,9 @@ def main() -> None:
 
     data = args.data or Path(f"/tmp/mode-policy-data-scale-{args.frames}")
     cache_home = args.cache_home or data.parent / f"{data.name}-cache"
+    command = " ".join(["python", "benchmarks/data_scale.py", *sys.argv[1:]])
     record: dict = {
-        "command": " ".join(["python", "benchmarks/data_scale.py", *sys.argv[1:]]),
+        "command": command,
         "machine": machine_description(),
         "frames": args.frames, "episodes": args.episodes, "steps": args.steps,
         "batch_size": args.batch_size, "seed": 0, "policy": POLICY, "runs": [],
@@ -205,7 +206,6 @@ def main() -> None:
         record.setdefault("first_opens", [])
         for _ in range(args.repeats):
             shutil.rmtree(cache_home, ignore_errors=True)
-            command = " ".join(["python", "benchmarks/data_scale.py", *sys.argv[1:]])
             opened = first_open(data, cache_home)
             record["first_opens"].append({**opened, "machine": machine_description(), "command": command})
             save()

@@ -27,12 +27,12 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
 
 import torch  # noqa: E402
 
+from mode_policy.envs.metaworld import VALIDATION_SEED  # noqa: E402
 from mode_policy.evaluation.report import machine_description  # noqa: E402
 from mode_policy.evaluation.rollout import evaluate  # noqa: E402
 from mode_policy.policies.registry import load_policy  # noqa: E402
 from mode_policy.training.quickstart import quickstart  # noqa: E402
 
-VALIDATION_SEED = 5000
 RESULTS = ROOT / "results" / "quickstart-recipe.json"
 
 

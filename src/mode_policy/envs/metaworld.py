@@ -143,6 +143,10 @@ def instruction(task: str) -> str:
     return INSTRUCTIONS[task]
 
 
+# Evaluation base seeds: recipes are chosen on VALIDATION_SEED (5000+), results reported on TEST_SEED (1000+).
+TEST_SEED, VALIDATION_SEED = 1000, 5000
+
+
 def episode_seed(task: str, episode: int, split: Split = "demo", seed: int = 0) -> int:
     """Seed of the random goal / object placement for ``episode`` of ``task``.
 

@@ -14,7 +14,7 @@ import torch
 
 from mode_policy.data.mixture import DatasetMixture
 from mode_policy.io import atomic_write_text, check_output_dir
-from mode_policy.keys import STATE_KEY, TASK_INDEX_KEY
+from mode_policy.keys import DATASET_INDEX_KEY, STATE_KEY, TASK_INDEX_KEY
 from mode_policy.nn.usage import expert_usage, plot_expert_usage, routed_layers
 from mode_policy.policies.folders import open_run_data
 from mode_policy.policies.registry import load_policy_and_run
@@ -97,18 +97,16 @@ def _observations(
         # The mean state, normalised: zeros (enough for sigma, stage and task routing, which ignore it).
         zeros = torch.zeros(1, config.n_obs_steps, config.state_dim, dtype=policy.dtype)
         return list(config.tasks), [zeros] * len(config.tasks)
-    mixture = isinstance(source, DatasetMixture)
-    parts = list(zip(source.names, source.datasets, strict=True)) if mixture else [(None, source)]
+    parts = source.datasets if isinstance(source, DatasetMixture) else [source]
     generator = torch.Generator().manual_seed(seed)
     frames: dict[str, list[torch.Tensor]] = {}
-    for name, part in parts:
-        normalizer = policy.normalizer
-        if name is not None and policy.per_dataset_stats is not None:
-            normalizer = policy.dataset_normalizers.per_dataset[policy.dataset_normalizers.index(name)]
+    for index, part in enumerate(parts):
         for task, state in _task_frames(part, frames_per_task, generator):
             # The usage plot needs no history: repeat the frame as an episode start would.
             state = torch.as_tensor(state, dtype=policy.dtype).unsqueeze(1).expand(-1, config.n_obs_steps, -1)
-            frames.setdefault(task, []).append(normalizer.normalize(STATE_KEY, state))
+            # As in training: rows of mixture dataset d carry dataset_index d (ignored by one set of stats).
+            rows = {DATASET_INDEX_KEY: torch.full((len(state),), index)} if len(parts) > 1 else {}
+            frames.setdefault(task, []).append(policy.batch_normalizer(rows).normalize(STATE_KEY, state))
     return list(frames), [torch.cat(states) for states in frames.values()]
 
 
