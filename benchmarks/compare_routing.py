@@ -2,6 +2,7 @@
 
     python benchmarks/compare_routing.py --suite mt50 --demos-per-task 10 --steps 3000 --seeds 0,1,2
     python benchmarks/compare_routing.py --variants mode,mot --seeds 0        # some rows, added to the rest
+    python benchmarks/compare_routing.py --variants mode --seeds 1 --runs-only   # one more run, no table
     python benchmarks/compare_routing.py --variants mode,dense_active --steps 200 --eval-episodes 2 \
         --tag smoke                                                            # a smoke run, kept apart
     python benchmarks/compare_routing.py --costs-only --variants mode,dense_active,dense_total,mot
@@ -14,7 +15,9 @@ record mean success. Every finished run is kept in benchmarks/results/<tag>-runs
 already there is not repeated, so the comparison builds up over several invocations (the step count and
 evaluation episodes must match). Then, per variant, measure total and active parameters, MACs per chunk
 (torch FlopCounterMode, every matmul/conv) and ms per chunk at batch 1 and 256 (variants interleaved in
-one run, expert cache on where the variant allows it), and save its expert-usage heatmap. The table
+one run, the sampling cache on where the variant has one: MoDE's experts, MoT's context), and save its
+expert-usage heatmap. A variant whose run folders are gone (trained in an earlier session) is costed with
+untrained weights of its config (cost does not depend on them) and keeps the heatmap saved then. The table
 (benchmarks/results/<tag>.{json,md}) gives per variant the seeds it has, mean +- std over seeds, a 95%
 interval (Student t over seed means with 2+ seeds; Wilson over the episodes with one), and whether the
 validation curve was flat at the end (less than 2% down over the last fifth of the run).
@@ -44,7 +47,6 @@ from mode_policy.evaluation.inspect import inspect_policy  # noqa: E402
 from mode_policy.evaluation.rollout import evaluate  # noqa: E402
 from mode_policy.evaluation.stats import wilson_interval  # noqa: E402
 from mode_policy.io import atomic_write_text  # noqa: E402
-from mode_policy.nn.expert_cache import can_cache_experts  # noqa: E402
 from mode_policy.nn.flops import count_chunk_macs  # noqa: E402
 from mode_policy.nn.usage import routed_layers  # noqa: E402
 from mode_policy.policies.mode.modeling import MoDEPolicy  # noqa: E402
@@ -90,24 +92,31 @@ FLAT = 0.02  # a validation curve is flat when it fell less than this over the l
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
-def cost_rows(policies: dict[str, MoDEPolicy], repetitions: int) -> dict[str, dict[str, float]]:
-    """Parameters, MACs and ms per chunk (batch 1 and 256; the whole policy as a user calls it, expert
-    cache on where there is one; the variants interleaved in every repetition) of each variant."""
+def cost_rows(
+    policies: dict[str, MoDEPolicy], repetitions: int, cache_off: bool = False
+) -> dict[str, dict[str, float]]:
+    """Parameters, MACs and ms per chunk (batch 1 and 256; the whole policy as a user calls it, its
+    sampling cache on where there is one; the variants interleaved in every repetition) of each variant.
+    ``cache_off``: also a row ``<name>/cache-off`` for each variant that has a cache, sampled without it."""
     rows, predict = {}, {}
     for name, policy in policies.items():
         denoiser = policy.eval().denoiser
-        cacheable = can_cache_experts(denoiser)
+        cache = denoiser.sampling_cache  # "experts", "context" (MoT) or None
         counts = denoiser.parameter_counts()
         sigmas = policy.config.sampling_sigmas()
-        rows[name] = {
-            "params_total": counts["total"],
-            "params_active": counts["active"],
-            "macs_per_chunk": count_chunk_macs(denoiser, sigmas, batch_size=1, use_cache=cacheable).macs,
-            "expert_cache": cacheable,
-        }
-        predict[name] = lambda obs, generator, policy=policy: policy.predict_action_chunk(
-            obs, generator=generator
-        )
+        for use_cache in (True, False) if cache and cache_off else (True,):
+            key = name if use_cache else f"{name}/cache-off"
+            rows[key] = {
+                "params_total": counts["total"],
+                "params_active": counts["active"],
+                "macs_per_chunk": count_chunk_macs(
+                    denoiser, sigmas, batch_size=1, use_cache=bool(cache) and use_cache
+                ).macs,
+                "sampling_cache": cache if use_cache else None,
+            }
+            predict[key] = lambda obs, generator, policy=policy, use_cache=use_cache: (
+                policy.predict_action_chunk(obs, generator=generator, use_expert_cache=use_cache)
+            )
     reference = next(iter(policies.values()))  # same data, so the same observation fits every variant
     small = inference.time_rows(reference, predict, 1, repetitions, warmup=2)
     large = inference.time_rows(reference, predict, 256, max(1, repetitions // 5), warmup=1)
@@ -135,6 +144,16 @@ def main() -> None:
         help="no training: every variant built with random weights (cost does not depend on them), its "
         "parameters, MACs and ms per chunk measured interleaved on this machine; results/<tag>-costs.*",
     )  # fmt: skip
+    parser.add_argument(
+        "--cache-off",
+        action="store_true",
+        help="with --costs-only: also each cached variant without its cache",
+    )
+    parser.add_argument(
+        "--runs-only",
+        action="store_true",
+        help="train and evaluate the missing runs, keep them in results/<tag>-runs.json, skip the table",
+    )
     parser.add_argument("--out", default=None, help="runs folder (default runs/compare-<suite>-<demos>)")
     parser.add_argument(
         "--tag", default=None, help="results name (default compare-routing-<suite>-<demos>demos)"
@@ -152,7 +171,9 @@ def main() -> None:
     data_dir, val_dir = collect_data(out, args.suite, args.demos_per_task)
 
     if args.costs_only:
-        write_costs(names, data_dir, args.timing_repetitions, RESULTS / f"{tag}-costs", command)
+        write_costs(
+            names, data_dir, args.timing_repetitions, RESULTS / f"{tag}-costs", command, args.cache_off
+        )
         return
     runs_file = RESULTS / f"{tag}-runs.json"
     setting = {"suite": args.suite, "demos_per_task": args.demos_per_task, "steps": args.steps,
@@ -171,6 +192,8 @@ def main() -> None:
                   f"({runs['runs'][key]['seconds']:.0f} s)", flush=True)  # fmt: skip
             RESULTS.mkdir(parents=True, exist_ok=True)
             atomic_write_text(runs_file, json.dumps(runs, indent=2) + "\n")  # at once: nothing is lost
+    if args.runs_only:
+        return
 
     present = [name for name in VARIANTS if any(key.split("/")[0] == name for key in runs["runs"])]
     record = {"setting": setting, "runs_file": runs_file.name, "variants": {}}
@@ -178,10 +201,15 @@ def main() -> None:
     for name in present:
         mine = {key: run for key, run in runs["runs"].items() if key.split("/")[0] == name}
         first_run = out / min(mine, key=lambda key: mine[key]["seed"]).replace("/", "-")
-        policies[name] = MoDEPolicy.from_pretrained(first_run / "policy")
+        if (first_run / "policy" / "config.json").is_file():
+            policies[name] = MoDEPolicy.from_pretrained(first_run / "policy")
+            usage = heatmap(name, policies[name], first_run)
+        else:  # trained in an earlier session whose runs folder is gone: costs do not depend on weights
+            policies[name] = untrained_policy(name, data_dir)
+            usage = kept_heatmap(name)
         record["variants"][name] = {
             "description": VARIANTS[name][0], "overrides": VARIANTS[name][1], **summary(list(mine.values())),
-            "heatmap": heatmap(name, policies[name], first_run),
+            "heatmap": usage,
         }  # fmt: skip
     for name, row in cost_rows(policies, args.timing_repetitions).items():
         record["variants"][name].update(row)
@@ -192,20 +220,14 @@ def main() -> None:
     print(table)
 
 
-def write_costs(names: list[str], data_dir: Path, repetitions: int, path: Path, command: str) -> None:
+def write_costs(
+    names: list[str], data_dir: Path, repetitions: int, path: Path, command: str, cache_off: bool
+) -> None:
     """The cost columns of the table for ``names``, from untrained policies of each variant's config."""
-    from mode_policy.data.lerobot import LeRobotDataset
     from mode_policy.evaluation.report import machine_description
-    from mode_policy.policies.config import parse_overrides
-    from mode_policy.policies.mode.configuration import MoDEPolicyConfig
 
-    dataset = LeRobotDataset(data_dir)
     torch.manual_seed(0)
-    policies = {}
-    for name in names:
-        overrides = parse_overrides(VARIANTS[name][1], MoDEPolicyConfig.override_keys())
-        policies[name] = MoDEPolicy(MoDEPolicyConfig.for_dataset(dataset, overrides), dataset.stats)
-    rows = cost_rows(policies, repetitions)
+    rows = cost_rows({name: untrained_policy(name, data_dir) for name in names}, repetitions, cache_off)
     record = {"command": command, "machine": machine_description(), "torch_threads": torch.get_num_threads(),
               "timing_repetitions": repetitions, "rows": rows}  # fmt: skip
     lines = [
@@ -215,14 +237,33 @@ def write_costs(names: list[str], data_dir: Path, repetitions: int, path: Path, 
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for name, row in rows.items():
+        variant, _, off = name.partition("/")
+        description = VARIANTS[variant][0] + (" (cache off)" if off else "")
         lines.append(
-            f"| {VARIANTS[name][0]} | {row['params_total'] / 1e6:.2f}M | {row['params_active'] / 1e6:.2f}M | "
+            f"| {description} | {row['params_total'] / 1e6:.2f}M | {row['params_active'] / 1e6:.2f}M | "
             f"{row['macs_per_chunk'] / 1e6:.1f} | {row['ms_batch1']:.1f} | {row['ms_batch256']:.0f} | "
-            f"{'yes' if row['expert_cache'] else 'no'} |"
+            f"{row['sampling_cache'] or 'none'} |"
         )
     atomic_write_text(path.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
     atomic_write_text(path.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def untrained_policy(name: str, data_dir: Path) -> MoDEPolicy:
+    """A policy of variant ``name`` for ``data_dir`` with random weights: enough for its cost columns."""
+    from mode_policy.data.lerobot import LeRobotDataset
+    from mode_policy.policies.config import parse_overrides
+    from mode_policy.policies.mode.configuration import MoDEPolicyConfig
+
+    dataset = LeRobotDataset(data_dir)
+    overrides = parse_overrides(VARIANTS[name][1], MoDEPolicyConfig.override_keys())
+    return MoDEPolicy(MoDEPolicyConfig.for_dataset(dataset, overrides), dataset.stats)
+
+
+def kept_heatmap(name: str) -> str | None:
+    """The heatmap an earlier session saved for ``name``, if there is one."""
+    target = RESULTS / "routing" / f"{name}.png"
+    return str(target.relative_to(RESULTS.parent.parent)) if target.is_file() else None
 
 
 def collect_data(out: Path, suite: str, demos_per_task: int) -> tuple[Path, Path]:
@@ -343,7 +384,7 @@ def render(record: dict) -> str:
             f"| [{low:.2f}, {high:.2f}] ({'t' if row['ci95_kind'].startswith('t') else 'Wilson'}) | {flat} "
             f"| {row['params_total'] / 1e6:.2f}M | {row['params_active'] / 1e6:.2f}M "
             f"| {row['macs_per_chunk'] / 1e6:.1f} | {row['ms_batch1']:.1f} | {row['ms_batch256']:.0f} "
-            f"| {'yes' if row['expert_cache'] else 'no'} |"
+            f"| {row['sampling_cache'] or 'none'} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -31,6 +31,7 @@ def test_shapes_loss_and_sampling_for_any_grouping():
         assert all(p.grad is not None for p in denoiser.parameters())  # every group's weights are used
         assert denoiser.eval().sample_actions(obs, goal, SIGMAS).shape == x.shape
         assert not can_cache_experts(denoiser)  # no experts to choose: the capability is absent
+        assert denoiser.sampling_cache == "context"  # what it caches instead (causal attention)
 
 
 def test_one_group_is_the_dense_transformer():
@@ -85,6 +86,48 @@ def test_each_token_runs_its_own_groups_weights():
     with torch.no_grad():  # and the context's attention weights reach them through global attention
         denoiser.network.layers[-1].weights[0].qkv.weight.mul_(2.0)
     assert not torch.allclose(denoiser(x, 1.0, obs, goal), before)
+
+
+@pytest.mark.parametrize(
+    "groups", [["noise+goal+obs", "action"], ["noise", "goal", "obs", "action"], ["action+goal", "noise+obs"]]
+)
+@pytest.mark.parametrize("method", ["ddim", "heun", "dpmpp_2m"])
+def test_the_context_cache_samples_what_the_whole_sequence_does(groups, method):
+    denoiser = tiny_mot(token_groups=groups).eval()
+    _, obs, goal = random_inputs(denoiser.config, 3)
+    calls = []
+    denoiser.network.register_forward_hook(lambda *args: calls.append(1))  # the whole-sequence pass
+
+    def draw(use_cache: bool) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(7)
+        return denoiser.sample_actions(
+            obs, goal, SIGMAS, method=method, generator=generator, use_cache=use_cache
+        )
+
+    cached = draw(True)
+    assert not calls  # every evaluation took its step's cached context
+    torch.testing.assert_close(cached, draw(False), rtol=0, atol=1e-12)
+    assert calls  # and the uncached draw ran the whole sequence
+
+
+def test_the_context_cache_is_the_forward_at_every_step_and_falls_back_off_the_schedule():
+    denoiser = tiny_mot().eval()
+    x, obs, goal = random_inputs(denoiser.config, 2)
+    model = denoiser.bind(obs, goal, SIGMAS)
+    for step, sigma in enumerate(SIGMAS[:-1]):
+        torch.testing.assert_close(model(x, sigma, step), denoiser(x, sigma, obs, goal), rtol=0, atol=1e-12)
+    raised = SIGMAS[1] * 1.3  # a churned sigma_hat still carries its step: it is not the cached level
+    torch.testing.assert_close(model(x, raised, 1), denoiser(x, raised, obs, goal), rtol=0, atol=0)
+
+
+def test_bidirectional_attention_has_no_context_cache():
+    denoiser = tiny_mot(attention="bidirectional").eval()
+    _, obs, goal = random_inputs(denoiser.config, 2)
+    assert denoiser.sampling_cache is None  # the context attends to the actions: nothing to reuse
+    with pytest.raises(ValueError, match="causal attention"):
+        denoiser.network.encode_context(torch.ones(2, dtype=torch.float64), obs, goal)
+    generator = torch.Generator().manual_seed(0)
+    assert denoiser.sample_actions(obs, goal, SIGMAS, generator=generator).shape == (2, 4, 2)
 
 
 def test_active_parameters_are_one_groups_weights():

@@ -37,6 +37,8 @@ def test_a_slow_machine_is_warned_and_the_steps_run_are_reported(
         results = quickstart_module.quickstart(10, tmp_path / "qs", progress=False)
     steps = fake_pipeline["steps"]
     assert (steps < quickstart_module.GOOD_STEPS) == warns
+    kept = quickstart_module.EVAL_RESERVE_SECONDS + quickstart_module.STARTUP_SECONDS  # collection: ~0 s
+    assert steps == pytest.approx(rate * (600 - kept), rel=0.01)  # all the rest of the budget trains
     timing = json.loads((tmp_path / "qs" / "quickstart.json").read_text())
     assert timing["planned_steps"] == steps and timing["train_steps"] == int(0.9 * steps)
     assert results["quickstart"] == timing

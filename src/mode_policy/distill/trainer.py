@@ -40,7 +40,6 @@ from mode_policy.distill.teacher import (
 from mode_policy.distill.warm_start import WARM_START_LR, WARM_START_STEPS, warm_start
 from mode_policy.io import atomic_write, atomic_write_text, check_output_dir
 from mode_policy.keys import ACTION_KEY, STATE_KEY
-from mode_policy.nn.expert_cache import can_cache_experts
 from mode_policy.policies.folders import POLICY_SUBDIR, open_run_data
 from mode_policy.policies.vdd.modeling import VDDPolicy
 from mode_policy.training.schedule import warmup_cosine
@@ -300,7 +299,7 @@ def _teacher_samples(policy, denoiser, obs, goal, chunk_shape, generator) -> tor
     if policy is not None:
         config = policy.config
         sigmas = config.sampling_sigmas(dtype=obs.dtype, device=obs.device)
-        options = {"use_cache": config.use_expert_cache} if can_cache_experts(denoiser) else {}
+        options = {"use_cache": config.use_expert_cache} if denoiser.sampling_cache else {}
         return denoiser.sample_actions(
             obs, goal, sigmas, method=config.sampler, generator=generator, **options
         )

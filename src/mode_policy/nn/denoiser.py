@@ -55,6 +55,10 @@ class MoDEDenoiser(EDMDenoiser):
         return DenoiserLoss(total, diffusion, load_balance, z_loss, fractions)
 
     # Sampling ---------------------------------------------------------------------------------------
+    @property
+    def sampling_cache(self) -> str | None:
+        return "experts" if self.config.cacheable else None
+
     def cache_experts(self, sigmas: torch.Tensor) -> ExpertCache:
         """The expert cache for this sampler schedule (reused while the schedule is the same)."""
         if self._expert_cache is None or not self._expert_cache.matches(sigmas):

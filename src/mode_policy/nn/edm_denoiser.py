@@ -130,6 +130,13 @@ class EDMDenoiser(nn.Module):
         return DenoiserLoss(diffusion, diffusion, zero, zero, diffusion.new_zeros(0, 0).detach())
 
     # Sampling ---------------------------------------------------------------------------------------
+    @property
+    def sampling_cache(self) -> str | None:
+        """What sampling can reuse between model evaluations, when ``sample_actions`` takes ``use_cache``:
+        ``"experts"`` (MoDE: each step's experts, known before the observation), ``"context"``
+        (Mixture-of-Transformers: the context tokens' keys and values of a chunk's steps), None (none)."""
+        return None
+
     def bind(self, obs: torch.Tensor, goal: torch.Tensor) -> Callable[..., torch.Tensor]:
         """A k-diffusion-style ``model(x, sigma)`` for ``mode_policy.diffusion.sample``."""
         return lambda x, sigma: self(x, sigma, obs, goal)

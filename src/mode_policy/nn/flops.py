@@ -64,7 +64,8 @@ def count_chunk_macs(
 ) -> ChunkCost:
     """Run the sampler once under torch's FlopCounterMode and return the MACs it performed.
 
-    ``use_cache``: with the expert cache, for denoisers that have one (``can_cache_experts``).
+    ``use_cache``: with the denoiser's sampling cache where it has one (``sampling_cache``: MoDE's
+    expert cache, Mixture-of-Transformers' context cache).
     """
     config: MoDEConfig = denoiser.config
     reference = next(denoiser.parameters())
@@ -73,8 +74,8 @@ def count_chunk_macs(
     goal = torch.zeros(batch_size, config.num_goal_tokens, config.goal_dim, **make)
     was_training = denoiser.training
     denoiser.eval()
-    options = {"use_cache": use_cache} if can_cache_experts(denoiser) else {}  # the cache where there is one
-    if options.get("use_cache"):  # built outside the counter: it is paid once per schedule, not per chunk
+    options = {"use_cache": use_cache} if denoiser.sampling_cache else {}  # the cache where there is one
+    if use_cache and can_cache_experts(denoiser):  # outside the counter: paid once per schedule, not chunk
         denoiser.cache_experts(sigmas)
     counter = FlopCounterMode(display=False)
     with counter:

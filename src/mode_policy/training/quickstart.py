@@ -1,9 +1,10 @@
 """``quickstart()``: collect a small MT10 set, train a small MoDE policy on a time budget, evaluate it.
 
-Everything runs on a CPU within ``minutes`` (default 10) on a 2-core machine. Measured here (10 min
-budget, other jobs sharing the cores): collecting 1000 expert episodes took ~80 s, 100 evaluation episodes
-in lockstep 20-50 s (up to ~90 s when every episode fails and runs all 500 steps), so 15% of the budget is
-kept for evaluation and the rest trains. A short speed probe plans the run in optimizer steps; while it
+Everything runs on a CPU within ``minutes`` (default 10) on a 2-core machine. Measured (10 min budget):
+collecting 1000 expert episodes took 33-80 s, 100 evaluation episodes in lockstep 22-33 s on a 2-core
+AVX-512 EPYC (one or two torch threads) and 45-50 s on an older AVX2 one (up to ~90 s when every episode
+fails and runs all 500 steps), so 60 s are kept for evaluation and the rest trains (a fixed 15% kept 90 s,
+of which a good policy left 60-70 s unused). A short speed probe plans the run in optimizer steps; while it
 trains, ``FitScheduleToBudget`` re-plans from the measured rate so the cosine schedule ends when the
 training time does (a probe alone misjudged the real loop by ~10% and left the decay unfinished).
 ``max_minutes`` still stops training if the machine slows down late, and the EMA weights are exported then.
@@ -23,11 +24,12 @@ from mode_policy.io import check_output_dir
 from mode_policy.messages import warn
 from mode_policy.policies.folders import CHECKPOINT
 
-# Fractions of the total budget (the rest trains); collection and evaluation scale with these counts.
+# Collection and evaluation times scale with these counts; the rest of the budget trains.
 # 100 demos per task (~80 s to collect): with 40, reach stayed at 0.5-0.85 success (benchmarks/RESULTS.md).
 COLLECT_EPISODES_PER_TASK = 100
 EVAL_EPISODES_PER_TASK = 10
-EVAL_RESERVE = 0.15
+EVAL_RESERVE_SECONDS = 60.0  # for EVAL_EPISODES_PER_TASK episodes of the 10 tasks
+STARTUP_SECONDS = 15.0  # process start, export, loading
 # A small policy that learns MT10 from states in minutes: one-hot task goals (no language model to load).
 QUICKSTART_POLICY = {
     "language_encoder": "onehot",
@@ -78,7 +80,9 @@ def quickstart(
         )  # fmt: skip
     collected = time.perf_counter() - started
     overrides = {**QUICKSTART_POLICY, **(policy_overrides or {})}
-    train_seconds = budget * (1 - EVAL_RESERVE) - collected - 15  # 15 s: process start, export, loading
+    evaluated = eval_episodes / EVAL_EPISODES_PER_TASK * (len(tasks) / 10 if tasks else 1.0)  # of MT10's
+    reserve = EVAL_RESERVE_SECONDS * evaluated + STARTUP_SECONDS
+    train_seconds = budget - reserve - collected
     if train_seconds < 30:
         raise RuntimeError(
             f"collection took {collected:.0f} s, leaving {train_seconds:.0f} s to train; give more --minutes"
@@ -87,7 +91,7 @@ def quickstart(
     steps = max(50, int(rate * train_seconds))  # the plan; FitScheduleToBudget corrects it while training
     _say(progress, f"[quickstart] {collected:.0f} s collecting; training {steps} steps (~{rate:.1f} steps/s)")
     if steps < GOOD_STEPS:
-        needed = (GOOD_STEPS / rate + collected + 15) / (1 - EVAL_RESERVE) / 60
+        needed = (GOOD_STEPS / rate + collected + reserve) / 60
         warn(
             f"this machine trains ~{rate:.1f} steps/s, so {minutes:g} minutes give {steps} steps, fewer than "
             f"the ~{GOOD_STEPS} a good quickstart policy needs (expect MT10 success near 0.9); give it "

@@ -6,8 +6,8 @@ loss = denoiser.loss(action_chunk, obs, goal, sigma=LogLogisticSigma().sample(ba
 actions = denoiser.eval().sample_actions(obs, goal, exponential_schedule(10, sigma_min=0.05, sigma_max=80))
 
 It has what every EDM denoiser has (forward, loss, sampling, save/load, from EDMDenoiser): no router
-losses (zeros), no expert fractions (an empty (0, 0) tensor) and no expert cache, a capability it lacks
-(``mode_policy.nn.expert_cache.can_cache_experts`` says so).
+losses (zeros), no expert fractions (an empty (0, 0) tensor) and no sampling cache, a capability it lacks
+(its ``sampling_cache`` is None, and ``mode_policy.nn.expert_cache.can_cache_experts`` says False).
 """
 
 from __future__ import annotations

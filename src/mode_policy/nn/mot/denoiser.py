@@ -6,14 +6,21 @@ actions = denoiser.eval().sample_actions(obs, goal, exponential_schedule(10, sig
 
 Forward, loss, sampling (inpainting included) and save/load come from EDMDenoiser. It has no router, so
 no router losses and no expert cache (there are no experts to choose: a token's weights are fixed by its
-token group).
+token group). Its sampling cache is the context cache instead (causal attention, the default): the
+context tokens' keys and values for every step of a chunk, computed in one batched pass when sampling
+starts (``mode_policy.nn.mot.transformer``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
+
+from mode_policy.diffusion.samplers import Inpainting
 from mode_policy.nn.edm_denoiser import EDMDenoiser
 from mode_policy.nn.mot.config import MoTConfig
-from mode_policy.nn.mot.transformer import GroupWeights, MoTTransformer
+from mode_policy.nn.mot.transformer import GroupWeights, MoTContext, MoTTransformer
 from mode_policy.nn.registry import DENOISERS
 
 
@@ -26,9 +33,60 @@ class MoTDenoiser(EDMDenoiser):
     def __init__(self, config: MoTConfig) -> None:
         super().__init__(config, MoTTransformer(config))
 
-    def _network(self, scaled_action, c_noise, obs, goal, *, need_stats=False, generator=None):
+    def _network(
+        self, scaled_action, c_noise, obs, goal, *, need_stats=False, generator=None, context=None, step=0
+    ):
         del need_stats, generator  # no routers; dropout uses torch's global generator
+        if context is not None:  # c_noise, obs and goal are already in the context's step
+            return self.network.denoise_with_context(scaled_action, context, step), []
         return self.network(scaled_action, c_noise, obs, goal), []
+
+    # Sampling ---------------------------------------------------------------------------------------
+    @property
+    def sampling_cache(self) -> str | None:
+        return "context" if self.config.attention == "causal" else None
+
+    @torch.no_grad()
+    def sample_actions(
+        self,
+        obs: torch.Tensor,
+        goal: torch.Tensor,
+        sigmas: torch.Tensor,
+        *,
+        method: str = "ddim",
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+        noise: torch.Tensor | None = None,
+        inpaint: Inpainting | None = None,
+    ) -> torch.Tensor:
+        """As ``EDMDenoiser.sample_actions``; with ``use_cache`` (and causal attention) the context tokens
+        are computed once for every step of the chunk instead of at every model evaluation."""
+        model = self.bind(obs, goal, sigmas if use_cache and self.sampling_cache else None)
+        return self._sample(model, obs.shape[0], sigmas, method, generator, noise, inpaint)
+
+    def bind(
+        self, obs: torch.Tensor, goal: torch.Tensor, sigmas: torch.Tensor | None = None
+    ) -> Callable[..., torch.Tensor]:
+        """A k-diffusion-style ``model(x, sigma[, step])``; with ``sigmas`` (the schedule you will sample
+        with) the context of every step is encoded now and each evaluation at a schedule level reuses its
+        step's. An evaluation at another level (a churned ``sigma_hat``) runs the whole sequence."""
+        if sigmas is None:
+            return super().bind(obs, goal)
+        reference = next(self.network.parameters())
+        sigmas = torch.as_tensor(sigmas, dtype=reference.dtype, device=reference.device)  # as the sampler
+        levels = sigmas[sigmas > 0]
+        chunk = obs.new_empty(obs.shape[0], self.config.chunk_size, self.config.action_dim)
+        obs, goal = self._check_inputs(chunk, obs, goal)
+        c_noise = self.preconditioning.coefficients(levels).c_noise.reshape(-1)
+        context: MoTContext = self.network.encode_context(c_noise, obs, goal)
+        level_values = levels.tolist()
+
+        def model(x: torch.Tensor, sigma: torch.Tensor, step: int) -> torch.Tensor:
+            if step >= len(level_values) or float(sigma) != level_values[step]:
+                return self(x, sigma, obs, goal)
+            return self(x, sigma, obs, goal, context=context, step=step)
+
+        return model
 
     def parameter_counts(self) -> dict[str, int]:
         """Total parameters, and those one token runs through: the embeddings, the head and one group's

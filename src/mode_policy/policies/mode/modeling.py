@@ -28,7 +28,6 @@ from mode_policy.diffusion.samplers import Inpainting
 from mode_policy.keys import ACTION_IS_PAD_KEY, ACTION_KEY, STATE_KEY
 from mode_policy.nn.encoders.language import LanguageEncoder
 from mode_policy.nn.encoders.vision import VisionEncoder, random_shift
-from mode_policy.nn.expert_cache import can_cache_experts
 from mode_policy.nn.registry import denoiser_class_for
 from mode_policy.policies.base import ChunkingPolicy
 from mode_policy.policies.inputs import image_input, instructions
@@ -184,8 +183,9 @@ class MoDEPolicy(ChunkingPolicy):
         obs: ``observation.state`` (B, n_obs_steps, state_dim), or (B, state_dim) when n_obs_steps == 1;
         ``task``: list[str] of length B (a single string is used for every row). Runs in eval mode
         whatever the module's mode (deterministic routing, no dropout). ``use_expert_cache``: run the
-        cached experts of each sampler step (None: ``config.use_expert_cache``); ignored by denoisers that
-        have no cache (token routing, the CNN). ``generator`` (on the policy's device) makes the draw
+        cached experts of each sampler step, or for Mixture-of-Transformers encode the context once per
+        chunk (None: ``config.use_expert_cache``); ignored by denoisers that have no cache (token routing,
+        the CNN). ``generator`` (on the policy's device) makes the draw
         reproducible.
 
         noise: optional standard normal start of the sampler, (B, chunk_size, action_dim) array or tensor,
@@ -214,7 +214,7 @@ class MoDEPolicy(ChunkingPolicy):
             if compiled is not None:
                 return self._checked_actions(compiled)
             sigmas = config.sampling_sigmas(dtype=self.dtype, device=self.device)
-            options = {"use_cache": use_cache} if can_cache_experts(self.denoiser) else {}
+            options = {"use_cache": use_cache} if self.denoiser.sampling_cache else {}
             state = inputs.get(STATE_KEY)  # (B, n_obs_steps, state_dim) or None (image-only)
             images = {key: inputs[key] for key in config.image_keys}  # (B, n_obs_steps, 3, H, W)
             actions = self.denoiser.sample_actions(

@@ -8,7 +8,8 @@ concatenated weights: ONNX Runtime). Goal routing (task, sigma_goal) makes a pro
 experts baked in, Edge-MoE's per-task model) or, without a task, every training task's: it then takes a
 task index, and a table of each task's expert weights per step picks the experts. Token routing keeps its
 routers and runs every expert with gate weights (static shapes); the CNN baseline and Mixture-of-
-Transformers (no experts to choose) are their networks, unrolled.
+Transformers (no experts to choose) are their networks, unrolled. Mixture-of-Transformers' context cache
+is the eager sampler's only: its program runs the whole sequence at every step (same result).
 """
 
 from __future__ import annotations
