@@ -176,11 +176,15 @@ def time_rows(
 ) -> dict[str, float]:
     """Median ms per chunk of each row, the rows interleaved within every repetition. Each call starts after
     a short pause (as a robot's control loop calls between chunks), so that the previous row's worker
-    threads (torch's OpenMP, ONNX Runtime's pool) have stopped spinning on the 2 cores."""
+    threads (torch's OpenMP, ONNX Runtime's pool) have stopped spinning on the 2 cores. The order of the rows
+    rotates with every repetition: a row that always ran right after another row of the same model would
+    find its weights still in the CPU's caches and look faster than it is."""
     times: dict[str, list[float]] = {row: [] for row in rows}
+    order = list(rows.items())
     for rep in range(warmup + repetitions):
         obs = observation(policy, batch, seed=rep)
-        for row, predict in rows.items():
+        shift = rep % len(order)
+        for row, predict in order[shift:] + order[:shift]:
             generator = torch.Generator().manual_seed(rep)
             time.sleep(PAUSE)
             start = time.perf_counter()
