@@ -42,6 +42,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import torch  # noqa: E402
 
+from mode_policy.data.lerobot import LeRobotDataset  # noqa: E402
 from mode_policy.envs.collect import collect_demonstrations  # noqa: E402
 from mode_policy.evaluation.inspect import inspect_policy  # noqa: E402
 from mode_policy.evaluation.rollout import evaluate  # noqa: E402
@@ -197,7 +198,7 @@ def main() -> None:
 
     present = [name for name in VARIANTS if any(key.split("/")[0] == name for key in runs["runs"])]
     record = {"setting": setting, "runs_file": runs_file.name, "variants": {}}
-    policies = {}
+    policies, dataset = {}, None  # the dataset is opened only for a variant whose run folders are gone
     for name in present:
         mine = {key: run for key, run in runs["runs"].items() if key.split("/")[0] == name}
         first_run = out / min(mine, key=lambda key: mine[key]["seed"]).replace("/", "-")
@@ -205,7 +206,8 @@ def main() -> None:
             policies[name] = MoDEPolicy.from_pretrained(first_run / "policy")
             usage = heatmap(name, policies[name], first_run)
         else:  # trained in an earlier session whose runs folder is gone: costs do not depend on weights
-            policies[name] = untrained_policy(name, data_dir)
+            dataset = dataset or LeRobotDataset(data_dir)
+            policies[name] = untrained_policy(name, dataset)
             usage = kept_heatmap(name)
         record["variants"][name] = {
             "description": VARIANTS[name][0], "overrides": VARIANTS[name][1], **summary(list(mine.values())),
@@ -227,7 +229,8 @@ def write_costs(
     from mode_policy.evaluation.report import machine_description
 
     torch.manual_seed(0)
-    rows = cost_rows({name: untrained_policy(name, data_dir) for name in names}, repetitions, cache_off)
+    dataset = LeRobotDataset(data_dir)
+    rows = cost_rows({name: untrained_policy(name, dataset) for name in names}, repetitions, cache_off)
     record = {"command": command, "machine": machine_description(), "torch_threads": torch.get_num_threads(),
               "timing_repetitions": repetitions, "rows": rows}  # fmt: skip
     lines = [
@@ -249,13 +252,11 @@ def write_costs(
     print("\n".join(lines))
 
 
-def untrained_policy(name: str, data_dir: Path) -> MoDEPolicy:
-    """A policy of variant ``name`` for ``data_dir`` with random weights: enough for its cost columns."""
-    from mode_policy.data.lerobot import LeRobotDataset
+def untrained_policy(name: str, dataset: LeRobotDataset) -> MoDEPolicy:
+    """A policy of variant ``name`` for ``dataset`` with random weights: enough for its cost columns."""
     from mode_policy.policies.config import parse_overrides
     from mode_policy.policies.mode.configuration import MoDEPolicyConfig
 
-    dataset = LeRobotDataset(data_dir)
     overrides = parse_overrides(VARIANTS[name][1], MoDEPolicyConfig.override_keys())
     return MoDEPolicy(MoDEPolicyConfig.for_dataset(dataset, overrides), dataset.stats)
 

@@ -13,9 +13,13 @@ from collections.abc import Callable
 
 import torch
 
-from mode_policy.diffusion.samplers import Inpainting
 from mode_policy.nn.config import MoDEConfig
-from mode_policy.nn.edm_denoiser import CONFIG_FILE, WEIGHTS_FILE, DenoiserLoss, EDMDenoiser
+from mode_policy.nn.edm_denoiser import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    CachedSamplingDenoiser,
+    DenoiserLoss,
+)
 from mode_policy.nn.expert_cache import ExpertCache
 from mode_policy.nn.moe.layer import RouterStats
 from mode_policy.nn.registry import DENOISERS
@@ -25,7 +29,7 @@ __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "DenoiserLoss", "MoDEDenoiser"]
 
 
 @DENOISERS.register("mode")
-class MoDEDenoiser(EDMDenoiser):
+class MoDEDenoiser(CachedSamplingDenoiser):
     """The MoDE transformer under EDM preconditioning, with router losses and the expert cache.
 
     ``forward(noisy_action, sigma, obs, goal, cached_step=None)``: with ``cached_step`` (from
@@ -67,26 +71,6 @@ class MoDEDenoiser(EDMDenoiser):
 
     def clear_expert_cache(self) -> None:
         self._expert_cache = None
-
-    @torch.no_grad()
-    def sample_actions(
-        self,
-        obs: torch.Tensor,
-        goal: torch.Tensor,
-        sigmas: torch.Tensor,
-        *,
-        method: str = "ddim",
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
-        noise: torch.Tensor | None = None,
-        inpaint: Inpainting | None = None,
-    ) -> torch.Tensor:
-        """Sample an action chunk (batch, chunk, action_dim); with ``use_cache`` (and a routing that allows
-        it: not token routing) the experts of each step come from the expert cache. ``noise`` (standard
-        normal, (batch, chunk, action_dim)) replaces the start drawn from ``generator``; ``inpaint`` holds
-        entries of the chunk (``mode_policy.diffusion.Inpainting``), as in ``EDMDenoiser.sample_actions``."""
-        model = self.bind(obs, goal, sigmas if use_cache and self.config.cacheable else None)
-        return self._sample(model, obs.shape[0], sigmas, method, generator, noise, inpaint)
 
     def bind(
         self, obs: torch.Tensor, goal: torch.Tensor, sigmas: torch.Tensor | None = None

@@ -4,7 +4,9 @@ EDM preconditioning (D = c_skip x + c_out F(c_in x, c_noise)), the EDM loss in F
 sampling with the k-diffusion samplers, input checks that name the config field to change, and
 ``save_pretrained`` / ``from_pretrained`` (config.json + model.safetensors, atomic). Subclasses say how to
 call their network (``_network``) and add what is theirs: MoDE its router losses and expert cache
-(mode_policy.nn.denoiser), the CNN baseline nothing (mode_policy.nn.cnn.denoiser).
+(mode_policy.nn.denoiser), the CNN baseline nothing (mode_policy.nn.cnn.denoiser). Denoisers with a
+sampling cache (MoDE's experts, Mixture-of-Transformers' context) derive from ``CachedSamplingDenoiser``,
+whose ``sample_actions`` takes ``use_cache`` and binds the schedule through their ``bind``.
 """
 
 from __future__ import annotations
@@ -268,6 +270,36 @@ class EDMDenoiser(nn.Module):
                 f"got {tuple(sigma.shape)}"
             )
         return sigma
+
+
+class CachedSamplingDenoiser(EDMDenoiser):
+    """An EDM denoiser with a sampling cache (``sampling_cache`` not None when the config allows it):
+    ``sample_actions`` takes ``use_cache``. Subclasses extend ``bind(obs, goal, sigmas=None)``: given the
+    schedule it returns a ``model(x, sigma, step)`` that reuses the cached work of each sampler step, and
+    without it ``EDMDenoiser.bind``'s ``model(x, sigma)``. MoDE caches its experts
+    (mode_policy.nn.denoiser), Mixture-of-Transformers its context (mode_policy.nn.mot.denoiser); denoisers
+    without a cache (the CNN) derive from EDMDenoiser and refuse ``use_cache``."""
+
+    @torch.no_grad()
+    def sample_actions(
+        self,
+        obs: torch.Tensor,
+        goal: torch.Tensor,
+        sigmas: torch.Tensor,
+        *,
+        method: str = "ddim",
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+        noise: torch.Tensor | None = None,
+        inpaint: Inpainting | None = None,
+    ) -> torch.Tensor:
+        """Sample an action chunk (batch, chunk, action_dim); with ``use_cache`` (and a config that has a
+        cache, e.g. not token routing, not bidirectional MoT) every step runs from the sampling cache.
+        ``noise`` (standard normal, (batch, chunk, action_dim)) replaces the start drawn from
+        ``generator``; ``inpaint`` holds entries of the chunk (``mode_policy.diffusion.Inpainting``), as in
+        ``EDMDenoiser.sample_actions``."""
+        model = self.bind(obs, goal, sigmas if use_cache and self.sampling_cache else None)
+        return self._sample(model, obs.shape[0], sigmas, method, generator, noise, inpaint)
 
 
 def _as_tokens(

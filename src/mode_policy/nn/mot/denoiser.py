@@ -4,7 +4,8 @@ denoiser = MoTDenoiser(MoTConfig(obs_dim=39, goal_dim=384))
 loss = denoiser.loss(action_chunk, obs, goal, sigma=LogLogisticSigma().sample(batch)).total
 actions = denoiser.eval().sample_actions(obs, goal, exponential_schedule(10, sigma_min=0.05, sigma_max=80))
 
-Forward, loss, sampling (inpainting included) and save/load come from EDMDenoiser. It has no router, so
+Forward, loss, sampling (inpainting included; ``use_cache`` from CachedSamplingDenoiser) and save/load
+come from ``mode_policy.nn.edm_denoiser``. It has no router, so
 no router losses and no expert cache (there are no experts to choose: a token's weights are fixed by its
 token group). Its sampling cache is the context cache instead (causal attention, the default): the
 context tokens' keys and values for every step of a chunk, computed in one batched pass when sampling
@@ -17,15 +18,14 @@ from collections.abc import Callable
 
 import torch
 
-from mode_policy.diffusion.samplers import Inpainting
-from mode_policy.nn.edm_denoiser import EDMDenoiser
+from mode_policy.nn.edm_denoiser import CachedSamplingDenoiser
 from mode_policy.nn.mot.config import MoTConfig
 from mode_policy.nn.mot.transformer import GroupWeights, MoTContext, MoTTransformer
 from mode_policy.nn.registry import DENOISERS
 
 
 @DENOISERS.register("mot")
-class MoTDenoiser(EDMDenoiser):
+class MoTDenoiser(CachedSamplingDenoiser):
     """The Mixture-of-Transformers network as F."""
 
     config_class = MoTConfig
@@ -45,24 +45,6 @@ class MoTDenoiser(EDMDenoiser):
     @property
     def sampling_cache(self) -> str | None:
         return "context" if self.config.attention == "causal" else None
-
-    @torch.no_grad()
-    def sample_actions(
-        self,
-        obs: torch.Tensor,
-        goal: torch.Tensor,
-        sigmas: torch.Tensor,
-        *,
-        method: str = "ddim",
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
-        noise: torch.Tensor | None = None,
-        inpaint: Inpainting | None = None,
-    ) -> torch.Tensor:
-        """As ``EDMDenoiser.sample_actions``; with ``use_cache`` (and causal attention) the context tokens
-        are computed once for every step of the chunk instead of at every model evaluation."""
-        model = self.bind(obs, goal, sigmas if use_cache and self.sampling_cache else None)
-        return self._sample(model, obs.shape[0], sigmas, method, generator, noise, inpaint)
 
     def bind(
         self, obs: torch.Tensor, goal: torch.Tensor, sigmas: torch.Tensor | None = None
