@@ -9,6 +9,7 @@ from mode_policy.nn import CNNDenoiserConfig, MoDEConfig, MoTConfig
 from tests.policies.common import STATE_DIM, TASKS, make_obs, tiny_policy, tiny_stats
 
 MODE = dict(width=32, depth=2, heads=4, goal_dropout=0.0)
+MOT = dict(width=32, depth=2, heads=4, ffn_hidden_mult=2, goal_dropout=0.0)
 
 # name -> MoDEConfig fields of the denoiser
 DENOISERS = {
@@ -38,7 +39,7 @@ def variant_policy(name: str, seed: int = 0, steps: int = 3, **denoiser: object)
     if name == "cnn":
         denoiser = CNNDenoiserConfig(down_dims=(16, 32), cond_embed_dim=16, n_groups=4)
     elif name == "mot":
-        denoiser = MoTConfig(width=32, depth=2, heads=4, ffn_hidden_mult=2, goal_dropout=0.0, **denoiser)
+        denoiser = MoTConfig(**{**MOT, **denoiser})
     else:
         denoiser = MoDEConfig(**{**MODE, **DENOISERS[name], **denoiser})
     policy = tiny_policy(denoiser=denoiser, num_inference_steps=steps).eval()

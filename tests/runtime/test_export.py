@@ -69,6 +69,16 @@ def test_dynamic_batch_and_task_indices(tmp_path):
     torch.testing.assert_close(indexed, actual, atol=0, rtol=0)
 
 
+def test_a_mot_graph_keeps_its_context_cache_for_any_batch(tmp_path):
+    """The context is encoded for (steps x batch) rows at the start of the graph: the batch stays symbolic."""
+    policy = variant_policy("mot", steps=2)
+    export_onnx(policy, tmp_path / "mot.onnx", dynamic_batch=True)
+    exported = OnnxPolicy(tmp_path / "mot.onnx")
+    for batch in (1, 5):
+        expected, actual = same_noise_chunks(policy, exported, observations(policy.config, batch=batch))
+        torch.testing.assert_close(actual, expected, atol=TOLERANCE, rtol=0)
+
+
 def test_metadata_describes_the_policy(tmp_path):
     policy = variant_policy("stage", steps=2)
     export_onnx(policy, tmp_path / "policy.onnx", batch=4)

@@ -62,6 +62,23 @@ def test_a_goal_routed_program_of_one_task(name):
     torch.testing.assert_close(run_program(policy, program, obs), expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("attention", ["causal", "bidirectional"])
+def test_a_mot_program_encodes_its_context_once_per_chunk(attention):
+    """Under causal attention the program runs the context tokens once per chunk and only the action tokens
+    at each step, so the whole network never runs; bidirectional attention has no cache and runs it."""
+    policy = variant_policy("mot", attention=attention)
+    obs = observations(policy.config)
+    whole = policy.predict_action_chunk(
+        obs, generator=torch.Generator().manual_seed(5), use_expert_cache=False
+    )
+    program = policy.chunk_program()
+    assert program._context_cache == (attention == "causal")
+    whole_network_runs = []
+    program.policy.denoiser.network.register_forward_hook(lambda *args: whole_network_runs.append(1))
+    torch.testing.assert_close(run_program(policy, program, obs), whole, atol=1e-5, rtol=0)
+    assert len(whole_network_runs) == (0 if attention == "causal" else policy.config.num_inference_steps)
+
+
 @pytest.mark.parametrize("name", ["sigma", "token", "cnn", "mot", "vdd_mean"])
 def test_a_task_for_a_program_that_serves_every_task_is_refused(name):
     with pytest.raises(ValueError, match="leave the task"):
@@ -77,7 +94,7 @@ def test_a_stochastic_sampler_is_refused():
 
 # torch.compile ----------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["sigma_goal", "token"])  # task-index gates; routers in the graph
+@pytest.mark.parametrize("name", ["sigma_goal", "token", "mot"])  # task-index gates; routers; MoT's context
 def test_compiled_policy_equals_eager_and_compiles_once(name):
     policy = variant_policy(name, steps=3, depth=1)
     obs = observations(policy.config)

@@ -57,10 +57,7 @@ class MoTDenoiser(CachedSamplingDenoiser):
         reference = next(self.network.parameters())
         sigmas = torch.as_tensor(sigmas, dtype=reference.dtype, device=reference.device)  # as the sampler
         levels = sigmas[sigmas > 0]
-        chunk = obs.new_empty(obs.shape[0], self.config.chunk_size, self.config.action_dim)
-        obs, goal = self._check_inputs(chunk, obs, goal)
-        c_noise = self.preconditioning.coefficients(levels).c_noise.reshape(-1)
-        context: MoTContext = self.network.encode_context(c_noise, obs, goal)
+        context = self.encode_context(obs, goal, self.context_c_noise(levels))
         level_values = levels.tolist()
 
         def model(x: torch.Tensor, sigma: torch.Tensor, step: int) -> torch.Tensor:
@@ -69,6 +66,18 @@ class MoTDenoiser(CachedSamplingDenoiser):
             return self(x, sigma, obs, goal, context=context, step=step)
 
         return model
+
+    def context_c_noise(self, levels: torch.Tensor) -> torch.Tensor:
+        """The network's noise input (steps,) at each positive schedule level (steps,)."""
+        return self.preconditioning.coefficients(levels).c_noise.reshape(-1)
+
+    def encode_context(self, obs: torch.Tensor, goal: torch.Tensor, c_noise: torch.Tensor) -> MoTContext:
+        """The context cache of one chunk: obs (batch, obs_dim) or (batch, obs_tokens, obs_dim), goal
+        likewise, c_noise (steps,) from ``context_c_noise``; step j of the returned context is the model
+        evaluation at the j-th level."""
+        chunk = obs.new_empty(obs.shape[0], self.config.chunk_size, self.config.action_dim)
+        obs, goal = self._check_inputs(chunk, obs, goal)
+        return self.network.encode_context(c_noise, obs, goal)
 
     def parameter_counts(self) -> dict[str, int]:
         """Total parameters, and those one token runs through: the embeddings, the head and one group's

@@ -216,10 +216,13 @@ class MoTTransformer(nn.Module):
             )
         steps, batch = c_noise.shape[0], obs.shape[0]
         sigma_embedding = self.sigma_embedding(c_noise)  # (steps, D)
-        rows = sigma_embedding.repeat_interleave(batch, dim=0)  # (steps * batch, D), step-major
+        # Step-major rows (steps * batch, ...) by expand + flatten (not repeat_interleave): an ONNX graph
+        # exported for any batch size keeps the batch symbolic this way.
+        rows = sigma_embedding.unsqueeze(1).expand(-1, batch, -1).flatten(0, 1)  # (steps * batch, D)
         prefix = self.config.num_goal_tokens + self.config.num_obs_tokens
         context = torch.cat([self.goal_dropout(self.goal_proj(goal)), self.obs_proj(obs)], dim=1)
-        context = (context + self.position[:, :prefix]).repeat(steps, 1, 1)  # (steps * batch, prefix, D)
+        context = context + self.position[:, :prefix]  # (batch, prefix, D)
+        context = context.unsqueeze(0).expand(steps, -1, -1, -1).flatten(0, 1)  # (steps * batch, prefix, D)
         x = torch.cat([rows.unsqueeze(1), context], dim=1)  # the noise token first, as in the sequence
         keys, values = [], []
         for i, layer in enumerate(self.layers):

@@ -7,9 +7,10 @@ all steps. ``fuse_experts`` runs a step's experts as one wide SwiGLU (for graphs
 concatenated weights: ONNX Runtime). Goal routing (task, sigma_goal) makes a program one task's (its
 experts baked in, Edge-MoE's per-task model) or, without a task, every training task's: it then takes a
 task index, and a table of each task's expert weights per step picks the experts. Token routing keeps its
-routers and runs every expert with gate weights (static shapes); the CNN baseline and Mixture-of-
-Transformers (no experts to choose) are their networks, unrolled. Mixture-of-Transformers' context cache
-is the eager sampler's only: its program runs the whole sequence at every step (same result).
+routers and runs every expert with gate weights (static shapes); the CNN baseline (no experts to choose)
+is its network, unrolled. Mixture-of-Transformers keeps its context cache (causal attention): the program
+encodes the context tokens of every step in one batched pass at its start, and each step runs only the
+action tokens against them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from mode_policy.keys import STATE_KEY
 from mode_policy.nn.expert_cache import can_cache_experts
 from mode_policy.nn.moe.experts import SelectedExperts
 from mode_policy.nn.moe.routes import CachedRoute, DenseTokenRoute, FusedRoute, SampleGatedRoute, TensorRoute
+from mode_policy.nn.mot.transformer import MoTContext
 from mode_policy.nn.transformer import CachedStep
 from mode_policy.policies.program import (
     GOAL_INPUT,
@@ -59,6 +61,11 @@ class DiffusionChunk(ChunkProgram):
         self._gated_layers: dict[int, tuple[int, ...]] = {}  # all-tasks program: layer -> its experts
         self._routes = self._bake(sigmas, goal, fuse_experts)
         self._gates = self._gate_tensors()
+        # Mixture-of-Transformers' context cache: the network's noise input at every step, encoded per chunk
+        self._context_cache = self.policy.denoiser.sampling_cache == "context"
+        if self._context_cache:
+            levels = sigmas[sigmas > 0]
+            self.register_buffer("context_c_noise", self.policy.denoiser.context_c_noise(levels))
         self.compiled_step: Any = None  # torch.compile of ``tensor_step``, set by ``compiled``
 
     def _bake(self, sigmas: torch.Tensor, goal: torch.Tensor | None, fuse: bool) -> list[tuple] | None:
@@ -83,8 +90,12 @@ class DiffusionChunk(ChunkProgram):
             return [tuple(_dense_route(block.moe) for block in network.blocks)] * steps
         return self._cached_routes(denoiser, sigmas, goal, fuse)
 
-    def _step_options(self, step: int, task_index: torch.Tensor | None) -> dict[str, Any]:
+    def _step_options(
+        self, step: int, task_index: torch.Tensor | None, context: MoTContext | None
+    ) -> dict[str, Any]:
         """The denoiser's options at ``step``; built per call so that they follow the module's device."""
+        if context is not None:
+            return {"context": context, "step": step}
         if self._routes is None:
             return {}
         routes = self._routes[step]
@@ -157,9 +168,16 @@ class DiffusionChunk(ChunkProgram):
                     self.register_buffer(names[step, layer], torch.tensor(route.expert_weights))
         return names
 
-    def step_tensors(self, step: int, task_index: torch.Tensor | None) -> list[list[torch.Tensor]]:
+    def step_tensors(
+        self, step: int, task_index: torch.Tensor | None, context: MoTContext | None = None
+    ) -> list[list[torch.Tensor]]:
         """What differs between sampler steps besides sigma and phi, as tensors, per layer: a cached route's
-        experts' weights and its gates; an all-tasks layer's gates (B, experts); nothing otherwise."""
+        experts' weights and its gates; an all-tasks layer's gates (B, experts); the context's keys and
+        values of the step (1, batch, heads, context tokens, head_dim) under a context cache; nothing
+        otherwise."""
+        if context is not None:
+            step_of = slice(step, step + 1)  # the step's context, as a context of one step
+            return [[k[step_of], v[step_of]] for k, v in zip(context.keys, context.values, strict=True)]
         tensors = []
         for layer, route in enumerate(self._routes[step] if self._routes else []):
             if layer in self._gated_layers:
@@ -178,7 +196,11 @@ class DiffusionChunk(ChunkProgram):
     def tensor_step(self, x: torch.Tensor, sigma: torch.Tensor, phi: torch.Tensor | None, obs: torch.Tensor,
                     goal: torch.Tensor, layer_tensors: list[list[torch.Tensor]]) -> torch.Tensor:  # fmt: skip
         """D(x; sigma) of any step, everything that differs between steps given as tensors (``step_tensors``):
-        what ``torch.compile`` compiles once for the whole schedule."""
+        what ``torch.compile`` compiles once for the whole schedule. Under a context cache ``phi`` and
+        ``layer_tensors`` are the step's slice of the context."""
+        if self._context_cache:
+            keys, values = ([tensors[i] for tensors in layer_tensors] for i in (0, 1))
+            return self.policy.denoiser(x, sigma, obs, goal, context=MoTContext(phi, keys, values), step=0)
         if self._routes is None:
             return self.policy.denoiser(x, sigma, obs, goal)
         routes = []
@@ -199,12 +221,15 @@ class DiffusionChunk(ChunkProgram):
         return self
 
     def _denoise(self, x: torch.Tensor, step: int, obs: torch.Tensor, goal: torch.Tensor,
-                 task_index: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+                 task_index: torch.Tensor | None, context: MoTContext | None) -> torch.Tensor:  # fmt: skip
         if self.compiled_step is not None:
             sigma = torch.tensor(self.sigma_values[step], dtype=x.dtype, device=x.device)
-            phi = getattr(self, f"phi_{step}", None)
-            return self.compiled_step(x, sigma, phi, obs, goal, self.step_tensors(step, task_index))
-        options = self._step_options(step, task_index)
+            if context is not None:
+                phi = context.sigma_embedding[step : step + 1]  # (1, D)
+            else:
+                phi = getattr(self, f"phi_{step}", None)
+            return self.compiled_step(x, sigma, phi, obs, goal, self.step_tensors(step, task_index, context))
+        options = self._step_options(step, task_index, context)
         return self.policy.denoiser(x, self.sigma_values[step], obs, goal, **options)
 
     def input_shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -227,9 +252,12 @@ class DiffusionChunk(ChunkProgram):
         goal = values[GOAL_INPUT] if task_index is None else self.task_goals[task_index]
         images = {key: values[key] for key in config.image_keys}
         obs = policy._obs_tokens(values.get(STATE_KEY), images, goal)  # (B, obs tokens, obs_dim)
+        context = (
+            policy.denoiser.encode_context(obs, goal, self.context_c_noise) if self._context_cache else None
+        )
 
         def denoise(x: torch.Tensor, step: int, sigma_scale: float = 1.0) -> torch.Tensor:
-            return self._denoise(x, step, obs, goal, task_index)
+            return self._denoise(x, step, obs, goal, task_index, context)
 
         x = values[NOISE_INPUT] * self.sigma_values[0]
         x = SAMPLERS[config.sampler](denoise, x, self.sigma_values, generator=None, report=_ignore)
