@@ -72,6 +72,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "mode": ("MoDE: noise-conditioned routing, 4 experts top-2", []),
     "mode8": ("MoDE: noise-conditioned routing, 8 experts top-2", ["denoiser.num_experts=8"]),
+    # The reference samples each token's experts in training; this ablation trains with eval's top-2.
+    "mode_topk": ("MoDE, 4 experts top-2, deterministic top-2 in training too",
+                  ["denoiser.stochastic_routing=false"]),
     "dense_active": ("dense DiT, equal active parameters", ["denoiser.num_experts=1", "denoiser.top_k=1",
                      "denoiser.expert_hidden_mult=8"]),
     "dense_total": ("dense DiT, equal total parameters", ["denoiser.num_experts=1", "denoiser.top_k=1",
