@@ -73,8 +73,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # held-out loss); mode_topk trains with eval's deterministic top-2, today's default.
 STOCHASTIC = "denoiser.stochastic_routing=true"
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "mode": ("MoDE: noise-conditioned routing, 4 experts top-2", [STOCHASTIC]),
-    "mode8": ("MoDE: noise-conditioned routing, 8 experts top-2", ["denoiser.num_experts=8", STOCHASTIC]),
+    "mode": ("MoDE: noise-conditioned routing, 4 experts top-2, sampled in training", [STOCHASTIC]),
+    "mode8": ("MoDE: noise-conditioned routing, 8 experts top-2, sampled in training",
+              ["denoiser.num_experts=8", STOCHASTIC]),
     "mode_topk": ("MoDE, 4 experts top-2, deterministic top-2 in training too (default)",
                   ["denoiser.stochastic_routing=false"]),
     "dense_active": ("dense DiT, equal active parameters", ["denoiser.num_experts=1", "denoiser.top_k=1",

@@ -155,3 +155,28 @@ def test_tiny_denoiser_learns_both_modes_of_a_2d_toy():
     assert result.steps == 800
     assert all(0.3 <= fraction <= 0.7 for fraction in result.mode_fractions), result.mode_fractions
     assert result.off_mode_fraction < 0.1, result.off_mode_fraction
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_training_routes_as_eval_unless_stochastic_routing(stochastic):
+    """The default trains with eval's top-k: the loss is the same in train and eval mode and for any draw.
+    stochastic_routing=True samples each token's experts as the MoDE reference does: the loss then depends
+    on the draw."""
+    denoiser = tiny_denoiser(**({"stochastic_routing": True} if stochastic else {}))
+    assert denoiser.config.stochastic_routing is stochastic  # False is the default
+    action, obs, goal = random_inputs(denoiser.config, 6)
+    sigma = torch.rand(6, dtype=torch.float64) * 5 + 0.1
+    noise = torch.randn_like(action)
+
+    def diffusion_loss(seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return denoiser.loss(action, obs, goal, sigma=sigma, noise=noise, generator=generator).diffusion
+
+    first, second = diffusion_loss(0), diffusion_loss(1)  # a new denoiser is in training mode
+    denoiser.eval()
+    evaluated = diffusion_loss(0)
+    if stochastic:
+        assert not torch.equal(first, second)
+    else:
+        torch.testing.assert_close(first, second, atol=0, rtol=0)
+        torch.testing.assert_close(first, evaluated, atol=1e-12, rtol=0)
