@@ -4,10 +4,11 @@
     python benchmarks/cache_threads.py --repetitions 60 --variants mode,dense_active,mot
 
 For each variant of ``compare_routing.py`` named (untrained weights: cost does not depend on them), time
-the whole ``policy.predict_action_chunk`` at batch 1 with its sampling cache on and off (MoDE's experts,
-MoT's context; a dense model's cache holds only phi(sigma)), every row interleaved and rotated in each
-repetition (``inference.time_rows``), first with two torch threads, then with one. The MT50 data (10 demos
-per task) is collected by ``compare_routing.py`` the first time (~1.5 min). Results:
+the whole ``policy.predict_action_chunk`` at batch 1 with its sampling cache on (row ``<name>``) and off
+(``<name>/cache-off``; MoDE's experts, MoT's context; a dense model's cache holds only phi(sigma)), every
+row interleaved and rotated in each repetition (``inference.time_rows``), first with two torch threads,
+then with one. The MT50 data (10 demos per task) is collected by ``compare_routing.py`` the first time
+(~1.5 min). Results:
 ``benchmarks/results/cache-threads.json`` (median ms per row and thread count, command, machine).
 """
 
@@ -51,15 +52,11 @@ def main() -> None:
     data_dir, _ = compare_routing.collect_data(args.out, "mt50", 10)
     dataset = compare_routing.LeRobotDataset(data_dir)
     torch.manual_seed(0)
-    policies = {name: compare_routing.untrained_policy(name, dataset).eval() for name in names}
-    rows = {}
-    for name, policy in policies.items():
-        for cache in (True, False):
-            rows[f"{name}/{'cache' if cache else 'no cache'}"] = (
-                lambda obs, generator, policy=policy, cache=cache: policy.predict_action_chunk(
-                    obs, generator=generator, use_expert_cache=cache
-                )
-            )
+    policies = {name: compare_routing.untrained_policy(name, dataset) for name in names}
+    rows = {  # "<name>" with the cache, "<name>/cache-off" without
+        row: compare_routing.chunk_call(policy, use_cache)
+        for row, (policy, use_cache) in compare_routing.cache_rows(policies, cache_off=True).items()
+    }
     began = time.perf_counter()
     medians = {}
     for threads in (2, 1):

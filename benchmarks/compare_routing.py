@@ -99,6 +99,24 @@ FLAT = 0.02  # a validation curve is flat when it fell less than this over the l
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
+def cache_rows(policies: dict[str, MoDEPolicy], cache_off: bool) -> dict[str, tuple[MoDEPolicy, bool]]:
+    """{row: (policy in eval mode, use_cache)}: a row ``<name>`` per variant, its sampling cache on where it
+    has one, and with ``cache_off`` a row ``<name>/cache-off`` for each variant that has a cache."""
+    rows = {}
+    for name, policy in policies.items():
+        has_cache = policy.eval().denoiser.sampling_cache is not None
+        for use_cache in (True, False) if has_cache and cache_off else (True,):
+            rows[name if use_cache else f"{name}/cache-off"] = (policy, use_cache)
+    return rows
+
+
+def chunk_call(policy: MoDEPolicy, use_cache: bool):
+    """``predict(obs, generator)``: one chunk of the whole policy as a user calls it (``time_rows``' row)."""
+    return lambda obs, generator: policy.predict_action_chunk(
+        obs, generator=generator, use_expert_cache=use_cache
+    )
+
+
 def cost_rows(
     policies: dict[str, MoDEPolicy], repetitions: int, cache_off: bool = False
 ) -> dict[str, dict[str, float]]:
@@ -106,24 +124,19 @@ def cost_rows(
     sampling cache on where there is one; the variants interleaved in every repetition) of each variant.
     ``cache_off``: also a row ``<name>/cache-off`` for each variant that has a cache, sampled without it."""
     rows, predict = {}, {}
-    for name, policy in policies.items():
-        denoiser = policy.eval().denoiser
+    for key, (policy, use_cache) in cache_rows(policies, cache_off).items():
+        denoiser = policy.denoiser
         cache = denoiser.sampling_cache  # "experts", "context" (MoT) or None
         counts = denoiser.parameter_counts()
-        sigmas = policy.config.sampling_sigmas()
-        for use_cache in (True, False) if cache and cache_off else (True,):
-            key = name if use_cache else f"{name}/cache-off"
-            rows[key] = {
-                "params_total": counts["total"],
-                "params_active": counts["active"],
-                "macs_per_chunk": count_chunk_macs(
-                    denoiser, sigmas, batch_size=1, use_cache=bool(cache) and use_cache
-                ).macs,
-                "sampling_cache": cache if use_cache else None,
-            }
-            predict[key] = lambda obs, generator, policy=policy, use_cache=use_cache: (
-                policy.predict_action_chunk(obs, generator=generator, use_expert_cache=use_cache)
-            )
+        rows[key] = {
+            "params_total": counts["total"],
+            "params_active": counts["active"],
+            "macs_per_chunk": count_chunk_macs(
+                denoiser, policy.config.sampling_sigmas(), batch_size=1, use_cache=bool(cache) and use_cache
+            ).macs,
+            "sampling_cache": cache if use_cache else None,
+        }
+        predict[key] = chunk_call(policy, use_cache)
     reference = next(iter(policies.values()))  # same data, so the same observation fits every variant
     small = inference.time_rows(reference, predict, 1, repetitions, warmup=2)
     large = inference.time_rows(reference, predict, 256, max(1, repetitions // 5), warmup=1)
