@@ -46,12 +46,12 @@ def _value(text: str):
 def validate(out: Path, action_steps: str, episodes: int, name: str) -> dict:
     """Validation success of the probe's policy at each executed-steps setting in ``action_steps``."""
     validation = {}
+    policy = load_policy(out / "run" / "policy")
     for steps in (int(s) for s in action_steps.split(",")):
-        policy = load_policy(out / "run" / "policy")
-        policy.config.n_action_steps = steps
         results = evaluate(
-            policy, suite="mt10", episodes_per_task=episodes, seed=VALIDATION_SEED, progress=False
-        )
+            policy, suite="mt10", episodes_per_task=episodes, seed=VALIDATION_SEED, replan_steps=steps,
+            progress=False,
+        )  # fmt: skip
         per_task = {task: row["success_rate"] for task, row in results["per_task"].items()}
         validation[str(steps)] = {"mean_success": results["mean_success"], "per_task": per_task}
         below = {task: rate for task, rate in per_task.items() if rate < 0.95}

@@ -183,14 +183,15 @@ def eval_command(args: argparse.Namespace) -> int:
 def _eval_here(args: argparse.Namespace, episodes: dict) -> dict:
     from mode_policy.evaluation.rollout import evaluate
 
-    if any(getattr(args, name) is not None for name in ("latency_ms", "modes", "token_file", "replan_steps")):
-        raise ValueError("--latency-ms, --modes, --replan-steps and --token-file go with --server")
+    if any(getattr(args, name) is not None for name in ("latency_ms", "modes", "token_file")):
+        raise ValueError("--latency-ms, --modes and --token-file go with --server")
     return evaluate(
         args.policy,
         video_dir=args.video_dir,
         use_expert_cache=False if args.no_expert_cache else None,
         compile=args.compile,
         inference_dataset=args.inference_dataset,
+        replan_steps=args.replan_steps,
         **episodes,
     )
 
@@ -495,7 +496,8 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     )
     eval_parser.add_argument(
         "--replan-steps", type=int, default=None,
-        help="with --server: an async robot asks for a chunk every N steps (the policy's n_action_steps)",
+        help="run N actions of each chunk before predicting the next (default the policy's n_action_steps; "
+        "with --server: an async robot asks for a chunk every N steps)",
     )  # fmt: skip
     eval_parser.add_argument("--token-file", default=None, help="with --server: the server's token")
     eval_parser.add_argument("--suite", choices=["mt10", "mt50"], default="mt10")

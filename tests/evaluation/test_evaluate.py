@@ -33,6 +33,22 @@ def test_expert_cache_does_not_change_actions(tiny_policy_dir, tmp_path):
     assert (tmp_path / "cached" / "results.md").is_file()
 
 
+def test_replan_steps_sets_how_many_actions_run_per_chunk(tiny_policy_dir):
+    calls = {}
+    for replan in (None, 1, 10):
+        results = _run(tiny_policy_dir, num_workers=1, replan_steps=replan)
+        calls[results["replan_steps"]] = results["inference"]["policy_calls"]
+        first = {key: actions[0] for key, actions in results["actions"].items()}
+        if replan is None:
+            default_first = first
+        for key, action in first.items():  # the first chunk is drawn the same way whatever is executed of it
+            np.testing.assert_allclose(action, default_first[key], rtol=0, atol=1e-6)
+    assert calls == {5: 5, 1: 25, 10: 3}  # 25 steps, all 4 episodes in one wave, none succeeds in 25 steps
+    for replan, words in ((0, "integer >= 1"), (11, "cannot exceed the policy's chunk_size (10)")):
+        with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            _run(tiny_policy_dir, num_workers=1, replan_steps=replan)
+
+
 def test_eval_seeds_are_disjoint_from_demo_seeds(tiny_policy_dir):
     from mode_policy.envs.metaworld import episode_seed
 

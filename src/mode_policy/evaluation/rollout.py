@@ -59,6 +59,7 @@ def evaluate(
     device: str | None = None,
     compile: bool = False,
     inference_dataset: str | None = None,
+    replan_steps: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a policy on a Meta-World suite; returns the results dict (also written as JSON + Markdown).
@@ -74,6 +75,9 @@ def evaluate(
     compile: run the policy's chunk under torch.compile (``policy.compile()``; compile time reported).
     inference_dataset: for a policy trained on a mixture with per-dataset stats, the training dataset whose
     stats it normalises with (default: the one it was saved with, the mixture's first).
+    replan_steps: actions executed from each chunk before the next is predicted (default the policy's
+    ``n_action_steps``; at most its ``chunk_size``): the receding horizon is an inference-time choice, so
+    one trained policy can be evaluated at several. The default results folder then ends in ``-replan<N>``.
     """
     from mode_policy.envs.metaworld import MAX_EPISODE_STEPS, episode_seed, suite_tasks
 
@@ -81,7 +85,8 @@ def evaluate(
         ("episodes_per_task", episodes_per_task),
         ("num_workers", num_workers),
         ("max_concurrent", max_concurrent),
-        ("max_episode_steps", max_episode_steps or 1),
+        ("max_episode_steps", 1 if max_episode_steps is None else max_episode_steps),
+        ("replan_steps", 1 if replan_steps is None else replan_steps),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")  # fmt: skip
@@ -89,8 +94,10 @@ def evaluate(
     horizon = min(max_episode_steps or MAX_EPISODE_STEPS, MAX_EPISODE_STEPS)
     out_dir, video_dir = _check_outputs(out_dir, video_dir)
     policy, policy_dir, run_dir = load_policy_and_run(policy_or_dir, device, inference_dataset)
+    replan_steps = _replan_steps(policy, replan_steps)
     if out_dir is None and run_dir is not None:
-        out_dir, _ = _check_outputs(run_dir / "eval" / f"{suite.lower()}-seed{seed}", None)
+        suffix = "" if replan_steps == policy.config.n_action_steps else f"-replan{replan_steps}"
+        out_dir, _ = _check_outputs(run_dir / "eval" / f"{suite.lower()}-seed{seed}{suffix}", None)
     options = _inference_options(policy, use_expert_cache)
     compile_seconds = _compile(policy, progress) if compile else None
     jobs = [  # job j: episode j // T of task j % T, so waves cover all tasks evenly
@@ -99,14 +106,14 @@ def evaluate(
         for t, task in enumerate(names)
     ]
     start = time.perf_counter()
-    run = _Rollouts(policy, options, seed, horizon, record_actions, progress)
+    run = _Rollouts(policy, options, seed, horizon, replan_steps, record_actions, progress)
     run.play(jobs, video_dir, workers=max(1, min(num_workers, len(jobs))), max_concurrent=max_concurrent)
     results = _results(run, jobs, names, time.perf_counter() - start)
     results.update(
         suite=suite.lower(), tasks=names, episodes_per_task=episodes_per_task, seed=seed,
         policy=str(policy_dir) if policy_dir else type(policy).__name__,
         use_expert_cache=options.get(CACHE_OPTION, _default_option(policy, CACHE_OPTION)),
-        num_workers=max(1, min(num_workers, len(jobs))), max_episode_steps=horizon,
+        num_workers=max(1, min(num_workers, len(jobs))), max_episode_steps=horizon, replan_steps=replan_steps,
     )  # fmt: skip
     if compile_seconds is not None:
         results["compile_seconds"] = compile_seconds
@@ -133,6 +140,19 @@ def _check_outputs(out_dir: Any, video_dir: Any) -> tuple[Path | None, Path | No
             )
             video_dir = None
     return out_dir, video_dir
+
+
+def _replan_steps(policy: Any, replan_steps: int | None) -> int:
+    """The actions executed per chunk: the policy's ``n_action_steps`` unless asked, never past its chunk."""
+    config = policy.config
+    if replan_steps is None:
+        return config.n_action_steps
+    if replan_steps > config.chunk_size:
+        raise ValueError(
+            f"replan_steps ({replan_steps}) cannot exceed the policy's chunk_size ({config.chunk_size}): it "
+            f"executes at most one chunk before predicting the next; pass 1 to {config.chunk_size}"
+        )
+    return replan_steps
 
 
 def _inference_options(policy: Any, use_expert_cache: bool | None) -> dict[str, Any]:
@@ -173,8 +193,8 @@ def _default_option(policy: Any, option: str) -> Any:
 class _Rollouts:
     """Runs the episodes and keeps what evaluate reports: outcomes, timing, first observations, actions."""
 
-    def __init__(self, policy, options, seed, horizon, record_actions, progress) -> None:
-        self.policy, self.options, self.horizon = policy, options, horizon
+    def __init__(self, policy, options, seed, horizon, replan_steps, record_actions, progress) -> None:
+        self.policy, self.options, self.horizon, self.replan_steps = policy, options, horizon, replan_steps
         self.generator = torch.Generator(device=policy.device).manual_seed(seed)
         self.outcomes: dict[int, tuple[bool, int]] = {}
         self.first_obs: dict[int, Any] = {}
@@ -221,7 +241,7 @@ class _Rollouts:
         current = pool.start(wave)  # {job: first observation}
         self.first_obs.update(current)
         active = sorted(current)
-        horizon = RecedingHorizon(config.n_obs_steps, config.n_action_steps)
+        horizon = RecedingHorizon(config.n_obs_steps, self.replan_steps)
         for step in range(self.horizon):
             horizon.observe(_batch([current[job] for job in active]))
             if horizon.needs_chunk:
