@@ -1,6 +1,7 @@
 """Rollouts: expert cache on/off identical, worker count irrelevant, files written, policy lookup errors."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -45,7 +46,7 @@ def test_replan_steps_sets_how_many_actions_run_per_chunk(tiny_policy_dir):
             np.testing.assert_allclose(action, default_first[key], rtol=0, atol=1e-6)
     assert calls == {5: 5, 1: 25, 10: 3}  # 25 steps, all 4 episodes in one wave, none succeeds in 25 steps
     for replan, words in ((0, "integer >= 1"), (11, "cannot exceed the policy's chunk_size (10)")):
-        with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        with pytest.raises(ValueError, match=re.escape(words)):
             _run(tiny_policy_dir, num_workers=1, replan_steps=replan)
 
 
