@@ -5,7 +5,9 @@
 
 For each variant of ``compare_routing.py`` named (untrained weights: cost does not depend on them), time
 the whole ``policy.predict_action_chunk`` at batch 1 with its sampling cache on (row ``<name>``) and off
-(``<name>/cache-off``; MoDE's experts, MoT's context; a dense model's cache holds only phi(sigma)), every
+(``<name>/cache-off``; MoDE's experts, MoT's context; a dense model's cache holds only phi(sigma)), and for
+each cached MoDE variant a row ``<name>/per-expert``: its cache run as before the strided expert path, one
+matmul pair per chosen expert (an A/B of that change in one interleaved run). Every
 row interleaved and rotated in each repetition (``inference.time_rows``), first with two torch threads,
 then with one. The MT50 data (10 demos per task) is collected by ``compare_routing.py`` the first time
 (~1.5 min). Results:
@@ -36,6 +38,21 @@ compare_routing = _load_sibling("compare_routing")  # also drops this folder fro
 import torch  # noqa: E402
 
 from mode_policy.evaluation.report import machine_description  # noqa: E402
+from mode_policy.nn.moe.routes import CachedRoute  # noqa: E402
+
+
+def per_expert(predict):
+    """``predict`` with every cached route run a matmul pair per expert (``CachedRoute.strided`` hidden)."""
+
+    def call(obs, generator):
+        CachedRoute.strided = property(lambda route: None)  # a data descriptor: wins over cached values
+        try:
+            return predict(obs, generator)
+        finally:
+            CachedRoute.strided = strided
+
+    strided = CachedRoute.__dict__["strided"]
+    return call
 
 
 def main() -> None:
@@ -57,6 +74,9 @@ def main() -> None:
         row: compare_routing.chunk_call(policy, use_cache)
         for row, (policy, use_cache) in compare_routing.cache_rows(policies, cache_off=True).items()
     }
+    for name, policy in policies.items():
+        if policy.denoiser.sampling_cache == "experts" and not policy.denoiser.config.is_dense:
+            rows[f"{name}/per-expert"] = per_expert(rows[name])
     reference = next(iter(policies.values()))  # same data, so the same observation fits every variant
     began = time.perf_counter()
     medians = {}

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from mode_policy.nn.moe.dispatch import dispatch_to_experts
-from mode_policy.nn.moe.experts import GroupedSwiGLU, grouped_gemm_dtype, swiglu
-from mode_policy.nn.moe.layer import MoELayer, load_balance_loss
+from mode_policy.nn.moe.experts import GroupedSwiGLU, SelectedExperts, grouped_gemm_dtype, swiglu
+from mode_policy.nn.moe.layer import CachedRoute, MoELayer, load_balance_loss
 from mode_policy.nn.moe.router import select_experts
 from tests.conftest import tiny_config
 
@@ -167,3 +167,25 @@ def test_token_routing_uses_each_tokens_content():
         tokens.reshape(-1, 32), routing.expert_ids, routing.expert_weights, layer.experts
     )
     torch.testing.assert_close(out.reshape(-1, 32), expected)
+
+
+@pytest.mark.parametrize(
+    ("expert_ids", "strided"),
+    [((3, 0), True), ((1, 2), True), ((4, 0, 2), True), ((0, 1, 3), False), ((2,), False)],
+)
+def test_cached_route_runs_its_experts_as_one_strided_batch(expert_ids, strided):
+    experts = GroupedSwiGLU(5, 16, 24).to(torch.float64)
+    weights = tuple(float(w) for w in torch.rand(len(expert_ids), dtype=torch.float64))
+    route = CachedRoute(expert_ids, weights)
+    flat = torch.randn(7, 16, dtype=torch.float64)
+    expected = sum(w * experts.forward_expert(flat, e) for e, w in zip(expert_ids, weights, strict=True))
+    assert (route.strided is not None) == strided
+    if strided:  # a slice of the stacked weights, in slice order, with the gate weights following it
+        experts_slice, slice_weights = route.strided
+        assert sorted(range(5)[experts_slice]) == sorted(expert_ids)
+        assert slice_weights == tuple(weights[expert_ids.index(e)] for e in range(5)[experts_slice])
+        assert experts.w_in[experts_slice].data_ptr() == experts.w_in[min(expert_ids)].data_ptr()  # a view
+    out, _ = route.run(experts, flat)
+    torch.testing.assert_close(out, expected)
+    kept = SelectedExperts(experts, list(expert_ids))  # a program's copies: the per-expert path
+    torch.testing.assert_close(route.run(kept, flat)[0], expected)

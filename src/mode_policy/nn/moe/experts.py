@@ -52,8 +52,9 @@ class GroupedSwiGLU(nn.Module):
     - ``forward_grouped``: tokens already sorted by expert, one grouped GEMM per projection;
     - ``forward_selected``: every token uses the same experts given as a device tensor (uncached sigma
       routing), a batched matmul over the selected experts;
-    - ``forward_expert``: one expert given as a Python int (the expert cache), a plain matmul on a view
-      of its weights, no copy.
+    - ``forward_strided``: experts given as a Python slice (the expert cache: any two experts, or more
+      evenly spaced ones), a batched matmul on a strided view of the stacked weights, no copy;
+    - ``forward_expert``: one expert given as a Python int, a plain matmul on a view of its weights.
     """
 
     def __init__(self, num_experts: int, dim: int, hidden: int) -> None:
@@ -98,6 +99,14 @@ class GroupedSwiGLU(nn.Module):
         w_out = self.w_out.index_select(0, expert_ids)  # (k, H, D)
         hidden = swiglu(torch.matmul(tokens.unsqueeze(0), w_in))  # (k, N, H)
         return torch.bmm(hidden, w_out)
+
+    def forward_strided(self, tokens: torch.Tensor, experts: slice) -> torch.Tensor:
+        """tokens: (N, D) through the experts the slice ``experts`` picks (a view, no gather) -> (k, N, D).
+
+        One batched matmul per projection instead of one matmul per expert: at batch 1 each matmul is small
+        enough that the call itself costs as much as the arithmetic."""
+        hidden = swiglu(torch.matmul(tokens, self.w_in[experts]))  # (k, N, H)
+        return torch.bmm(hidden, self.w_out[experts])
 
     def forward_all(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (N, D) through every expert -> (E, N, D) (an extracted task model runs them all)."""

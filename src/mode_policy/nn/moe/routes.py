@@ -3,8 +3,8 @@
 A routing strategy (``mode_policy.nn.moe.routing``) returns one of these; each runs the grouped experts
 and says which experts got how much gate weight (for usage plots and the balance loss):
 
-- ``CachedRoute``: the experts of one sampler step, known in advance (host ints and floats): a plain
-  matmul per chosen expert on a view of its weights, no router, no copy;
+- ``CachedRoute``: the experts of one sampler step, known in advance (host ints and floats): one batched
+  matmul per projection on a strided view of the chosen experts' weights, no router, no copy;
 - ``SharedRoute``: one routing for every token (a batch that shares sigma): the chosen experts densely;
 - ``AllExperts``: every expert with constant weights (an extracted task model);
 - ``TokenRoute``: a routing per token: sort by expert, grouped GEMM, scatter back.
@@ -19,6 +19,7 @@ routes per token without data-dependent shapes (every expert runs, unchosen ones
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -36,9 +37,29 @@ class CachedRoute:
     expert_weights: tuple[float, ...]
     routing = None  # nothing to balance: the route was decided before the call
 
+    @cached_property
+    def strided(self) -> tuple[slice, tuple[float, ...]] | None:
+        """The chosen experts as one slice of the stacked weights, with their gate weights in slice order;
+        None when a slice cannot select them (one expert, or three or more unevenly spaced ones)."""
+        order = sorted(range(len(self.expert_ids)), key=self.expert_ids.__getitem__)
+        ids = [self.expert_ids[i] for i in order]
+        if len(ids) < 2 or ids[1] == ids[0]:
+            return None
+        experts = slice(ids[0], ids[-1] + 1, ids[1] - ids[0])
+        if ids != list(range(experts.start, experts.stop, experts.step)):
+            return None
+        return experts, tuple(self.expert_weights[i] for i in order)
+
     def run(self, experts: GroupedSwiGLU, flat: torch.Tensor) -> tuple[torch.Tensor, None]:
         """flat: (N, D) -> (N, D)."""
-        out = None
+        if self.strided is not None and isinstance(experts, GroupedSwiGLU):
+            experts_slice, weights = self.strided
+            expert_outs = experts.forward_strided(flat, experts_slice)  # (k, N, D)
+            out = expert_outs[0].mul_(weights[0])  # in place on a fresh tensor's views (indexed, not unbound)
+            for slot in range(1, len(weights)):
+                out.add_(expert_outs[slot].mul_(weights[slot]))
+            return out, None
+        out = None  # one expert, or a program's kept experts (SelectedExperts): a matmul pair per expert
         for expert_id, weight in zip(self.expert_ids, self.expert_weights, strict=True):
             # In place on fresh tensors (no extra allocation); not add_(..., alpha=w), which torch.compile's
             # CPU backend (torch 2.13) miscompiles.
