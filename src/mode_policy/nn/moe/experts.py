@@ -33,6 +33,12 @@ def swiglu(projected: torch.Tensor) -> torch.Tensor:
     return value * F.silu(gate)
 
 
+def _stacked_swiglu(tokens: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
+    """tokens: (N, D) through k stacked experts w_in (k, D, 2H), w_out (k, H, D) -> (k, N, D)."""
+    hidden = swiglu(torch.matmul(tokens.unsqueeze(0), w_in))  # (k, N, H)
+    return torch.bmm(hidden, w_out)
+
+
 class SwiGLU(nn.Module):
     """One dense SwiGLU MLP (the dense baseline's MLP, and the always-on shared expert)."""
 
@@ -95,23 +101,20 @@ class GroupedSwiGLU(nn.Module):
 
     def forward_selected(self, tokens: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
         """tokens: (N, D); expert_ids: (k,) device tensor shared by all tokens -> (k, N, D)."""
-        w_in = self.w_in.index_select(0, expert_ids)  # (k, D, 2H)
-        w_out = self.w_out.index_select(0, expert_ids)  # (k, H, D)
-        hidden = swiglu(torch.matmul(tokens.unsqueeze(0), w_in))  # (k, N, H)
-        return torch.bmm(hidden, w_out)
+        return _stacked_swiglu(
+            tokens, self.w_in.index_select(0, expert_ids), self.w_out.index_select(0, expert_ids)
+        )
 
     def forward_strided(self, tokens: torch.Tensor, experts: slice) -> torch.Tensor:
         """tokens: (N, D) through the experts the slice ``experts`` picks (a view, no gather) -> (k, N, D).
 
         One batched matmul per projection instead of one matmul per expert: at batch 1 each matmul is small
         enough that the call itself costs as much as the arithmetic."""
-        hidden = swiglu(torch.matmul(tokens, self.w_in[experts]))  # (k, N, H)
-        return torch.bmm(hidden, self.w_out[experts])
+        return _stacked_swiglu(tokens, self.w_in[experts], self.w_out[experts])
 
     def forward_all(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (N, D) through every expert -> (E, N, D) (an extracted task model runs them all)."""
-        hidden = swiglu(torch.matmul(tokens.unsqueeze(0), self.w_in))  # (E, N, H)
-        return torch.bmm(hidden, self.w_out)
+        return _stacked_swiglu(tokens, self.w_in, self.w_out)
 
     def forward_expert(self, tokens: torch.Tensor, expert_id: int) -> torch.Tensor:
         """tokens: (N, D) through expert ``expert_id`` -> (N, D)."""
