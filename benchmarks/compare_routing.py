@@ -16,8 +16,9 @@ already there is not repeated, so the comparison builds up over several invocati
 evaluation episodes must match). Then, per variant, measure total and active parameters, MACs per chunk
 (torch FlopCounterMode, every matmul/conv) and ms per chunk at batch 1 and 256 (variants interleaved in
 one run, the sampling cache on where the variant has one: MoDE's experts, MoT's context), and save its
-expert-usage heatmap. A variant whose run folders are gone (trained in an earlier session) is costed with
-untrained weights of its config (cost does not depend on them) and keeps the heatmap saved then. The table
+expert-usage heatmap (benchmarks/results/routing/<tag>/<variant>.png). A variant whose run folders are
+gone (trained in an earlier session) is costed with untrained weights of its config (cost does not depend
+on them) and keeps the heatmap saved then. The table
 (benchmarks/results/<tag>.{json,md}) gives per variant the seeds it has, mean +- std over seeds, a 95%
 interval (Student t over seed means with 2+ seeds; Wilson over the episodes with one), and whether the
 validation curve was flat at the end (less than 2% down over the last fifth of the run).
@@ -218,16 +219,17 @@ def main() -> None:
     present = [name for name in VARIANTS if any(key.split("/")[0] == name for key in runs["runs"])]
     record = {"setting": setting, "runs_file": runs_file.name, "variants": {}}
     policies, dataset = {}, None  # the dataset is opened only for a variant whose run folders are gone
+    heatmaps = RESULTS / "routing" / tag  # per tag: a 9000-step table must not overwrite a 3000-step one's
     for name in present:
         mine = {key: run for key, run in runs["runs"].items() if key.split("/")[0] == name}
         first_run = out / min(mine, key=lambda key: mine[key]["seed"]).replace("/", "-")
         if (first_run / "policy" / "config.json").is_file():
             policies[name] = MoDEPolicy.from_pretrained(first_run / "policy")
-            usage = heatmap(name, policies[name], first_run)
+            usage = heatmap(name, policies[name], first_run, heatmaps)
         else:  # trained in an earlier session whose runs folder is gone: costs do not depend on weights
             dataset = dataset or LeRobotDataset(data_dir)
             policies[name] = untrained_policy(name, dataset)
-            usage = kept_heatmap(name)
+            usage = kept_heatmap(heatmaps / f"{name}.png")
         record["variants"][name] = {
             "description": VARIANTS[name][0], "overrides": VARIANTS[name][1], **summary(list(mine.values())),
             "heatmap": usage,
@@ -280,9 +282,8 @@ def untrained_policy(name: str, dataset: LeRobotDataset) -> MoDEPolicy:
     return MoDEPolicy(MoDEPolicyConfig.for_dataset(dataset, overrides), dataset.stats)
 
 
-def kept_heatmap(name: str) -> str | None:
-    """The heatmap an earlier session saved for ``name``, if there is one."""
-    target = RESULTS / "routing" / f"{name}.png"
+def kept_heatmap(target: Path) -> str | None:
+    """The heatmap an earlier session saved at ``target``, if there is one."""
     return str(target.relative_to(RESULTS.parent.parent)) if target.is_file() else None
 
 
@@ -370,13 +371,13 @@ def summary(runs: list[dict]) -> dict:
     }  # fmt: skip
 
 
-def heatmap(name: str, policy: MoDEPolicy, run: Path) -> str | None:
+def heatmap(name: str, policy: MoDEPolicy, run: Path, folder: Path) -> str | None:
     """The expert-usage heatmap of a routed variant's first seed (``policy``, saved in ``run``), copied
-    into the results."""
+    into ``folder``."""
     if not routed_layers(policy.denoiser):
         return None
     report = inspect_policy(run, run / "inspect")
-    target = RESULTS / "routing" / f"{name}.png"
+    target = folder / f"{name}.png"
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(Path(report["out"]) / "expert_usage.png", target)
     return str(target.relative_to(RESULTS.parent.parent))
