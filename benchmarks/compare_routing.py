@@ -13,21 +13,25 @@ denoiser differs) with a validation loss on held-out demonstrations (2 per task,
 tenth of the run, evaluate it on the suite (evaluation seeds 1000 + seed, which the demos never use), and
 record mean success. Every finished run is kept in benchmarks/results/<tag>-runs.json at once, and a run
 already there is not repeated, so the comparison builds up over several invocations (the step count and
-evaluation episodes must match). Then, per variant, measure total and active parameters, MACs per chunk
-(torch FlopCounterMode, every matmul/conv) and ms per chunk at batch 1 and 256 (variants interleaved in
-one run, the sampling cache on where the variant has one: MoDE's experts, MoT's context), and save its
-expert-usage heatmap (benchmarks/results/routing/<tag>/<variant>.png). A variant whose run folders are
-gone (trained in an earlier session) is costed with untrained weights of its config (cost does not depend
-on them) and keeps the heatmap saved then. The table
-(benchmarks/results/<tag>.{json,md}) gives per variant the seeds it has, mean +- std over seeds, a 95%
-interval (Student t over seed means with 2+ seeds; Wilson over the episodes with one), and whether the
-validation curve was flat at the end (less than 2% down over the last fifth of the run).
+evaluation episodes must match). Invocations may run side by side (the file is re-read and written under a
+lock): on two cores, two one-thread runs (`OMP_NUM_THREADS=1`, other variants or seeds) train ~1.45x the
+steps per second of one two-thread run. Each run records its torch threads beside its wall time.
+Then, per variant, measure total and active parameters, MACs per chunk (torch FlopCounterMode, every
+matmul/conv) and ms per chunk at batch 1 and 256 (variants interleaved in one run, the sampling cache on
+where the variant has one: MoDE's experts, MoT's context), and save its expert-usage heatmap
+(benchmarks/results/routing/<tag>/<variant>.png). A variant whose run folders are gone (trained in an
+earlier session) is costed with untrained weights of its config (cost does not depend on them) and keeps
+the heatmap saved then. The table (benchmarks/results/<tag>.{json,md}) gives per variant the seeds it
+has, mean +- std over seeds, a 95% interval (Student t over seed means with 2+ seeds; Wilson over the
+episodes with one), and whether the validation curve was flat at the end (less than 2% down over the last
+fifth of the run).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import importlib.util
 import json
 import math
@@ -208,11 +212,10 @@ def main() -> None:
                     f"{key}: kept from {runs_file.name} ({runs['runs'][key]['mean_success']:.3f})", flush=True
                 )
                 continue
-            runs["runs"][key] = train_and_evaluate(name, seed, out, data_dir, val_dir, args, command)
-            print(f"{key}: mean success {runs['runs'][key]['mean_success']:.3f} "
-                  f"({runs['runs'][key]['seconds']:.0f} s)", flush=True)  # fmt: skip
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(runs_file, json.dumps(runs, indent=2) + "\n")  # at once: nothing is lost
+            finished = train_and_evaluate(name, seed, out, data_dir, val_dir, args, command)
+            print(f"{key}: mean success {finished['mean_success']:.3f} ({finished['seconds']:.0f} s)",
+                  flush=True)  # fmt: skip
+            runs = keep_run(runs_file, setting, key, finished)  # at once: nothing is lost
     if args.runs_only:
         return
 
@@ -308,6 +311,18 @@ def load_runs(path: Path, setting: dict) -> dict:
     return runs
 
 
+def keep_run(path: Path, setting: dict, key: str, run: dict) -> dict:
+    """Add one finished run to the runs file and return the file's runs. Read again under a lock first:
+    another invocation (other variants, on the other core) may have added runs since this one started."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runs = load_runs(path, setting)
+        runs["runs"][key] = run
+        atomic_write_text(path, json.dumps(runs, indent=2) + "\n")
+    return runs
+
+
 def train_and_evaluate(
     name: str, seed: int, out: Path, data_dir: Path, val_dir: Path, args, command: str
 ) -> dict:
@@ -332,6 +347,7 @@ def train_and_evaluate(
         "successes": sum(round(t["success_rate"] * t["episodes"]) for t in results["per_task"].values()),
         "validation_curve": curve, "validation_flat": is_flat(curve),
         "train_seconds": round(trained, 1), "seconds": round(time.perf_counter() - began, 1),
+        "torch_threads": torch.get_num_threads(),
     }  # fmt: skip
 
 
