@@ -30,6 +30,7 @@ import torch  # noqa: E402
 from mode_policy.envs.metaworld import VALIDATION_SEED  # noqa: E402
 from mode_policy.evaluation.report import machine_description  # noqa: E402
 from mode_policy.evaluation.rollout import evaluate  # noqa: E402
+from mode_policy.io import atomic_write_text  # noqa: E402
 from mode_policy.policies.registry import load_policy  # noqa: E402
 from mode_policy.training.quickstart import quickstart  # noqa: E402
 
@@ -91,7 +92,7 @@ def main() -> None:
         entry["validation"].update(
             validate(args.out / args.name, args.action_steps, args.val_episodes, args.name)
         )
-        RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write_text(RESULTS, json.dumps(record, indent=2) + "\n")
         return
     if args.name in record["probes"] and not args.replace:
         raise SystemExit(
@@ -124,7 +125,7 @@ def main() -> None:
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(RESULTS, json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":
