@@ -3,6 +3,7 @@
     python benchmarks/compare_routing.py --suite mt50 --demos-per-task 10 --steps 3000 --seeds 0,1,2
     python benchmarks/compare_routing.py --variants mode,mot --seeds 0        # some rows, added to the rest
     python benchmarks/compare_routing.py --variants mode --seeds 1 --runs-only   # one more run, no table
+    python benchmarks/compare_routing.py --table-only             # the table from the kept runs, no training
     python benchmarks/compare_routing.py --variants mode,dense_active --steps 200 --eval-episodes 2 \
         --tag smoke                                                            # a smoke run, kept apart
     python benchmarks/compare_routing.py --costs-only --variants mode,dense_active,dense_total,mot
@@ -179,12 +180,19 @@ def main() -> None:
         action="store_true",
         help="train and evaluate the missing runs, keep them in results/<tag>-runs.json, skip the table",
     )
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="train nothing: the table from the runs kept in results/<tag>-runs.json, whatever their seeds",
+    )  # without it, a table command naming a seed that has no run yet would start training it
     parser.add_argument("--out", default=None, help="runs folder (default runs/compare-<suite>-<demos>)")
     parser.add_argument(
         "--tag", default=None, help="results name (default compare-routing-<suite>-<demos>demos)"
     )
     args = parser.parse_args()
 
+    if args.runs_only and args.table_only:
+        parser.error("--runs-only skips the table and --table-only skips training: give one of them")
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.variants.split(",")
     unknown = sorted(set(names) - set(VARIANTS))
@@ -204,7 +212,7 @@ def main() -> None:
     setting = {"suite": args.suite, "demos_per_task": args.demos_per_task, "steps": args.steps,
                "batch_size": args.batch_size, "lr": args.lr, "eval_episodes": args.eval_episodes}  # fmt: skip
     runs = load_runs(runs_file, setting)
-    for name in names:
+    for name in [] if args.table_only else names:
         for seed in seeds:
             key = f"{name}/seed{seed}"
             if key in runs["runs"]:
