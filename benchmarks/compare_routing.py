@@ -175,12 +175,13 @@ def main() -> None:
         action="store_true",
         help="with --costs-only: also each cached variant without its cache",
     )
-    parser.add_argument(
+    only = parser.add_mutually_exclusive_group()  # one skips the table, the other training
+    only.add_argument(
         "--runs-only",
         action="store_true",
         help="train and evaluate the missing runs, keep them in results/<tag>-runs.json, skip the table",
     )
-    parser.add_argument(
+    only.add_argument(
         "--table-only",
         action="store_true",
         help="train nothing: the table from the runs kept in results/<tag>-runs.json, whatever their seeds",
@@ -191,8 +192,6 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    if args.runs_only and args.table_only:
-        parser.error("--runs-only skips the table and --table-only skips training: give one of them")
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.variants.split(",")
     unknown = sorted(set(names) - set(VARIANTS))
