@@ -336,7 +336,8 @@ def train_and_evaluate(
     """Train one variant with one seed (resuming an interrupted run), evaluate it; its record."""
     run = out / f"{name}-seed{seed}"
     began = time.perf_counter()
-    if not (run / "policy" / "config.json").is_file():
+    trains_here = not (run / "policy" / "config.json").is_file()
+    if trains_here:
         train(
             data_dir, run, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=seed,
             policy_overrides=VARIANTS[name][1] or None, checkpoint_every=max(100, args.steps // 10),
@@ -354,8 +355,16 @@ def train_and_evaluate(
         "successes": sum(round(t["success_rate"] * t["episodes"]) for t in results["per_task"].values()),
         "validation_curve": curve, "validation_flat": is_flat(curve),
         "train_seconds": round(trained, 1), "seconds": round(time.perf_counter() - began, 1),
+        "resumed_from_step": resumed_from_step(run) if trains_here else args.steps,
         "torch_threads": torch.get_num_threads(),
     }  # fmt: skip
+
+
+def resumed_from_step(run: Path) -> int:
+    """The step this invocation's training began at: 0 for a fresh run, the checkpoint's step on resume.
+    ``train_seconds`` covers only the steps after it, so a resumed run's time is not its whole cost."""
+    trained = json.loads((run / "train_summary.json").read_text())
+    return trained["global_step"] - trained["steps_this_session"]
 
 
 def validation_curve(metrics: Path) -> list[tuple[int, float]]:
@@ -391,6 +400,7 @@ def summary(runs: list[dict]) -> dict:
         "success_spread": spread, "ci95": list(interval), "ci95_kind": kind, "steps": runs[0]["steps"],
         "validation_flat": flat, "final_validation_loss": [run["validation_curve"][-1][1] for run in runs],
         "seconds_per_seed": [run["seconds"] for run in runs],
+        "resumed_from_step_per_seed": [run.get("resumed_from_step") for run in runs],
     }  # fmt: skip
 
 
