@@ -16,7 +16,8 @@ record mean success. Every finished run is kept in benchmarks/results/<tag>-runs
 already there is not repeated, so the comparison builds up over several invocations (the step count and
 evaluation episodes must match). Invocations may run side by side (the file is re-read and written under a
 lock): on two cores, two one-thread runs (`OMP_NUM_THREADS=1`, other variants or seeds) train ~1.45x the
-steps per second of one two-thread run. Each run records its torch threads beside its wall time.
+steps per second of one two-thread run. Each run records its torch threads beside its wall time, and the
+step it resumed from (0 unless an interrupted run was resumed; its wall time covers only the steps after it).
 Then, per variant, measure total and active parameters, MACs per chunk (torch FlopCounterMode, every
 matmul/conv) and ms per chunk at batch 1 and 256 (variants interleaved in one run, the sampling cache on
 where the variant has one: MoDE's experts, MoT's context), and save its expert-usage heatmap
