@@ -395,8 +395,9 @@ def summary(runs: list[dict]) -> dict:
     if len(values) > 1:
         spread = statistics.stdev(values)
         half = T_975.get(len(values) - 1, 1.96) * spread / math.sqrt(len(values))
-        if 2 * half > pooled[1] - pooled[0]:
-            interval, kind = (max(0.0, mean - half), min(1.0, mean + half)), "t over seeds"
+        over_seeds = (max(0.0, mean - half), min(1.0, mean + half))
+        if over_seeds[1] - over_seeds[0] > pooled[1] - pooled[0]:  # the wider of the two, as printed
+            interval, kind = over_seeds, "t over seeds"
     flat = [run["validation_flat"] for run in runs]
     return {
         "seeds": sorted(run["seed"] for run in runs), "success_per_seed": values, "mean_success": mean,
